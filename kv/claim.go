@@ -1,0 +1,199 @@
+package kv
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+
+	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/index"
+)
+
+// Claim hands out one KeyPackage of req.CipherSuite per target device, in
+// one transaction. A target without Devices means every device of its DID;
+// ExcludeDevices removes devices of the claimer's own DID only; a device
+// named twice gets one KeyPackage. Each device gives its oldest published
+// available regular KeyPackage that has not expired (expired ones met on
+// the way are deleted in the same transaction), which becomes claimed by
+// req.Claimer; else its last resort, if it has not expired, which is served
+// and stays available; else the device is Missing, with reason Exhausted
+// if it ever had KeyPackages of the suite and NoKeyPackages otherwise. A
+// DID without devices is Missing (NoKeyPackages) as a whole, an unknown
+// named device as itself. With AllOrNothing and anything missing, nothing
+// is claimed and the error is a Conflict carrying Missing. BadRequest for
+// invalid names.
+func (db *DB) Claim(ctx context.Context, req kpd.ClaimRequest) (*kpd.ClaimResult, error) {
+	if err := checkClaim(req); err != nil {
+		return nil, err
+	}
+	var res *kpd.ClaimResult
+	err := db.write(ctx, func(t *txn) error {
+		res = nil
+		picks, missing, err := t.planClaim(req)
+		if err != nil {
+			return refuse(err)
+		}
+		if req.AllOrNothing && len(missing) > 0 {
+			return refuse(&kpd.Error{Code: kpd.CodeConflict, Missing: missing,
+				Message: fmt.Sprintf("all_or_nothing: %d target(s) have no KeyPackage", len(missing))})
+		}
+		claimed, err := t.applyClaim(req.Claimer, picks)
+		if err != nil {
+			return err
+		}
+		res = &kpd.ClaimResult{KeyPackages: claimed, Missing: missing}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+func checkClaim(req kpd.ClaimRequest) error {
+	if !kpd.ValidDID(req.Claimer) {
+		return kpd.Errorf(kpd.CodeBadRequest, "claimer %q is not a DID", req.Claimer)
+	}
+	for _, target := range req.Targets {
+		if !kpd.ValidDID(target.DID) {
+			return kpd.Errorf(kpd.CodeBadRequest, "target %q is not a DID", target.DID)
+		}
+		for _, d := range target.Devices {
+			if !kpd.ValidDevice(d) {
+				return kpd.Errorf(kpd.CodeBadRequest, "target device %q is not a device name", d)
+			}
+		}
+	}
+	return nil
+}
+
+// claimPick is what a claim takes from one device: ref (with its record) or
+// nothing, and the expired regular KeyPackages met before it.
+type claimPick struct {
+	did, device string
+	dev         *deviceRecord
+	ref         []byte
+	rec         *kpRecord
+	expired     [][]byte
+	expiredRecs []*kpRecord
+}
+
+// planClaim decides, without writing, what a claim takes from each target
+// device and which targets are missing.
+func (t *txn) planClaim(req kpd.ClaimRequest) ([]claimPick, []kpd.Missing, error) {
+	excluded := make(map[string]bool, len(req.ExcludeDevices))
+	for _, d := range req.ExcludeDevices {
+		excluded[d] = true
+	}
+	seen := make(map[string]bool)
+	var picks []claimPick
+	missing := []kpd.Missing{}
+	for _, target := range req.Targets {
+		devices := target.Devices
+		if len(devices) == 0 {
+			names, err := t.deviceNames(target.DID)
+			if err != nil {
+				return nil, nil, err
+			}
+			if len(names) == 0 {
+				if key := string(index.DID(target.DID)); !seen[key] {
+					seen[key] = true
+					missing = append(missing, kpd.Missing{DID: target.DID, Reason: kpd.CodeNoKeyPackages})
+				}
+				continue
+			}
+			devices = names
+		}
+		for _, device := range devices {
+			key := string(index.Device(target.DID, device))
+			if seen[key] || (target.DID == req.Claimer && excluded[device]) {
+				continue
+			}
+			seen[key] = true
+			p, err := t.pick(target.DID, device, req.CipherSuite)
+			if err != nil {
+				return nil, nil, err
+			}
+			if p.ref == nil {
+				missing = append(missing, kpd.Missing{DID: target.DID, Device: device, Reason: missingReason(p.dev, req.CipherSuite)})
+			}
+			if p.ref != nil || len(p.expired) > 0 {
+				picks = append(picks, p)
+			}
+		}
+	}
+	return picks, missing, nil
+}
+
+func missingReason(dev *deviceRecord, suite uint16) kpd.Code {
+	if dev != nil {
+		if _, had := dev.Suites[suite]; had {
+			return kpd.CodeExhausted
+		}
+	}
+	return kpd.CodeNoKeyPackages
+}
+
+// pick finds what a claim takes from one device. p.dev is nil if the device
+// does not exist.
+func (t *txn) pick(did, device string, suite uint16) (claimPick, error) {
+	p := claimPick{did: did, device: device}
+	dev, err := t.device(did, device)
+	if err != nil || dev == nil {
+		return p, err
+	}
+	p.dev = dev
+	prefix := index.DeviceSuite(did, device, suite)
+	c := t.bucket(bucketPool).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		ref := bytes.Clone(v)
+		r, err := t.mustKeyPackage(ref, "pool")
+		if err != nil {
+			return p, err
+		}
+		if !t.now.Before(r.NotAfter.time()) {
+			p.expired, p.expiredRecs = append(p.expired, ref), append(p.expiredRecs, r)
+			continue
+		}
+		p.ref, p.rec = ref, r
+		return p, nil
+	}
+	ref, lr, err := t.lastResort(did, device, suite)
+	if err != nil {
+		return p, err
+	}
+	if lr != nil && t.now.Before(lr.NotAfter.time()) {
+		p.ref, p.rec = ref, lr
+	}
+	return p, nil
+}
+
+// applyClaim carries out planned picks: expired KeyPackages are deleted,
+// regular ones claimed, last resorts served.
+func (t *txn) applyClaim(claimer string, picks []claimPick) ([]kpd.ClaimedKeyPackage, error) {
+	out := []kpd.ClaimedKeyPackage{}
+	for _, p := range picks {
+		for i, ref := range p.expired {
+			if err := t.transition(ref, p.expiredRecs[i], nil, p.dev); err != nil {
+				return nil, err
+			}
+		}
+		if p.ref != nil {
+			n := *p.rec
+			if n.LastResort {
+				n.Served++
+			} else {
+				n.State, n.Claimer, n.ClaimedAt = kpd.StateClaimed, claimer, t.nowStamp()
+			}
+			if err := t.transition(p.ref, p.rec, &n, p.dev); err != nil {
+				return nil, err
+			}
+			out = append(out, kpd.ClaimedKeyPackage{DID: p.did, Device: p.device, Ref: kpd.RefOf(p.ref),
+				CipherSuite: n.Suite, KeyPackage: n.Data, LastResort: n.LastResort})
+		}
+		if err := t.putDevice(p.did, p.device, p.dev); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}

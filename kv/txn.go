@@ -1,0 +1,288 @@
+package kv
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/index"
+)
+
+// txn is one store operation's view of a bbolt transaction, with the time
+// the operation happens at.
+type txn struct {
+	tx   *bolt.Tx
+	now  time.Time
+	opts *Options
+}
+
+func (t *txn) bucket(name []byte) *bolt.Bucket { return t.tx.Bucket(name) }
+
+// nowStamp returns the operation's time for a record's optional time field.
+func (t *txn) nowStamp() *stamp {
+	s := stampOf(t.now)
+	return &s
+}
+
+// get decodes the record at key into v and reports whether there was one.
+func (t *txn) get(bucket, key []byte, v any) (bool, error) {
+	b := t.bucket(bucket).Get(key)
+	if b == nil {
+		return false, nil
+	}
+	if err := decode(b, v); err != nil {
+		return false, fmt.Errorf("%s %x: %w", bucket, key, err)
+	}
+	return true, nil
+}
+
+// put stores the record v at key.
+func (t *txn) put(bucket, key []byte, v any) error {
+	b, err := encode(v)
+	if err != nil {
+		return err
+	}
+	return t.bucket(bucket).Put(key, b)
+}
+
+// has reports whether key is in the bucket and returns its value (a copy).
+// It uses a cursor because bbolt does not tell an empty value from none.
+func (t *txn) has(bucket, key []byte) ([]byte, bool) {
+	k, v := t.bucket(bucket).Cursor().Seek(key)
+	if !bytes.Equal(k, key) {
+		return nil, false
+	}
+	return bytes.Clone(v), true
+}
+
+// scan calls fn with a copy of each key and value under prefix, in order,
+// until fn returns an error. Copies make fn free to write.
+func (t *txn) scan(bucket, prefix []byte, fn func(k, v []byte) error) error {
+	var keys, vals [][]byte
+	c := t.bucket(bucket).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		keys, vals = append(keys, bytes.Clone(k)), append(vals, bytes.Clone(v))
+	}
+	for i := range keys {
+		if err := fn(keys[i], vals[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// keyPackage returns the record of ref, or nil.
+func (t *txn) keyPackage(ref []byte) (*kpRecord, error) {
+	var r kpRecord
+	ok, err := t.get(bucketKeyPackages, ref, &r)
+	if !ok || err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// mustKeyPackage returns the record of a ref that an index or a delivery
+// names; its absence is corruption, reported as an internal error.
+func (t *txn) mustKeyPackage(ref []byte, from string) (*kpRecord, error) {
+	r, err := t.keyPackage(ref)
+	if err == nil && r == nil {
+		err = fmt.Errorf("%s names KeyPackage %x, which does not exist", from, ref)
+	}
+	return r, err
+}
+
+// indexEntry is one key (with its value) of a secondary index.
+type indexEntry struct {
+	bucket, key, value []byte
+}
+
+func (e indexEntry) equal(o indexEntry) bool {
+	return bytes.Equal(e.bucket, o.bucket) && bytes.Equal(e.key, o.key) && bytes.Equal(e.value, o.value)
+}
+
+// indexEntries returns exactly the index entries that the KeyPackage ref
+// with record r belongs to (SPEC invariant 1): every KeyPackage is listed
+// under its device; an available one is in the expiry index and in its
+// device's pool (regular) or last-resort slot (a last resort that is not
+// retired); a claimed or consumed one in the index of its claim or
+// consumption time.
+func indexEntries(ref []byte, r *kpRecord) []indexEntry {
+	e := []indexEntry{{bucketDeviceKPs, index.DeviceRef(r.DID, r.Device, ref), nil}}
+	switch r.State {
+	case kpd.StateAvailable:
+		e = append(e, indexEntry{bucketExpiry, index.TimeRef(r.NotAfter.time(), ref), nil})
+		switch {
+		case !r.LastResort:
+			e = append(e, indexEntry{bucketPool, index.Pool(r.DID, r.Device, r.Suite, r.Seq), ref})
+		case !r.Retired:
+			e = append(e, indexEntry{bucketLastResort, index.DeviceSuite(r.DID, r.Device, r.Suite), ref})
+		}
+	case kpd.StateClaimed:
+		e = append(e, indexEntry{bucketClaimed, index.TimeRef(optTime(r.ClaimedAt), ref), nil})
+	case kpd.StateConsumed:
+		e = append(e, indexEntry{bucketConsumed, index.TimeRef(optTime(r.ConsumedAt), ref), nil})
+	}
+	return e
+}
+
+// counts returns what a record adds to its device's counters of its suite:
+// regular KeyPackages only, available or claimed.
+func counts(r *kpRecord) (available, claimed int) {
+	switch {
+	case r.LastResort:
+		return 0, 0
+	case r.State == kpd.StateAvailable:
+		return 1, 0
+	case r.State == kpd.StateClaimed:
+		return 0, 1
+	}
+	return 0, 0
+}
+
+// transition replaces the record of the KeyPackage ref, old, by next (old
+// nil: a new KeyPackage; next nil: a deletion). It moves the index entries
+// and adjusts the counters of dev, the device both records belong to, which
+// the caller stores. old and next must be distinct values.
+func (t *txn) transition(ref []byte, old, next *kpRecord, dev *deviceRecord) error {
+	var before, after []indexEntry
+	if old != nil {
+		before = indexEntries(ref, old)
+		a, c := counts(old)
+		dev.adjust(old.Suite, -a, -c)
+	}
+	if next != nil {
+		after = indexEntries(ref, next)
+		a, c := counts(next)
+		dev.adjust(next.Suite, a, c)
+	}
+	for _, e := range before {
+		if !slices.ContainsFunc(after, e.equal) {
+			if err := t.bucket(e.bucket).Delete(e.key); err != nil {
+				return err
+			}
+		}
+	}
+	for _, e := range after {
+		if !slices.ContainsFunc(before, e.equal) {
+			if err := t.bucket(e.bucket).Put(e.key, e.value); err != nil {
+				return err
+			}
+		}
+	}
+	if next == nil {
+		return t.bucket(bucketKeyPackages).Delete(ref)
+	}
+	return t.put(bucketKeyPackages, ref, next)
+}
+
+// removeAvailable takes an available KeyPackage out of service: it is
+// deleted, unless it is a last resort that pending deliveries name, which
+// is retired instead (no longer served, deleted when its last pending
+// delivery finishes), so that invariant 4 keeps holding.
+func (t *txn) removeAvailable(ref []byte, r *kpRecord, dev *deviceRecord) error {
+	if r.LastResort && r.Pending > 0 {
+		n := *r
+		n.Retired = true
+		return t.transition(ref, r, &n, dev)
+	}
+	return t.transition(ref, r, nil, dev)
+}
+
+// device returns the record of a device, or nil.
+func (t *txn) device(did, device string) (*deviceRecord, error) {
+	var d deviceRecord
+	ok, err := t.get(bucketDevices, index.Device(did, device), &d)
+	if !ok || err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// ownDevice returns the record of one of the caller's devices; NotFound if
+// it does not exist.
+func (t *txn) ownDevice(did, device string) (*deviceRecord, error) {
+	d, err := t.device(did, device)
+	if err == nil && d == nil {
+		err = kpd.Errorf(kpd.CodeNotFound, "no device %q", device)
+	}
+	return d, err
+}
+
+func (t *txn) putDevice(did, device string, d *deviceRecord) error {
+	return t.put(bucketDevices, index.Device(did, device), d)
+}
+
+// touch records a state-changing request of the device's owner.
+func (t *txn) touch(d *deviceRecord) { d.LastSeen = stampOf(t.now) }
+
+// deviceNames returns the names of a DID's devices, sorted.
+func (t *txn) deviceNames(did string) ([]string, error) {
+	var names []string
+	err := t.scan(bucketDevices, index.DID(did), func(k, _ []byte) error {
+		_, device, err := index.DecodeDevice(k)
+		names = append(names, device)
+		return err
+	})
+	slices.Sort(names)
+	return names, err
+}
+
+// deviceRefs returns the refs of every KeyPackage of a device, in ref
+// order.
+func (t *txn) deviceRefs(did, device string) ([][]byte, error) {
+	prefix := index.Device(did, device)
+	var refs [][]byte
+	err := t.scan(bucketDeviceKPs, prefix, func(k, _ []byte) error {
+		refs = append(refs, k[len(prefix):])
+		return nil
+	})
+	return refs, err
+}
+
+// lastResort returns the current last resort of a device and suite (ref
+// and record), or nils.
+func (t *txn) lastResort(did, device string, suite uint16) ([]byte, *kpRecord, error) {
+	ref, ok := t.has(bucketLastResort, index.DeviceSuite(did, device, suite))
+	if !ok {
+		return nil, nil, nil
+	}
+	r, err := t.mustKeyPackage(ref, "last-resort slot")
+	return ref, r, err
+}
+
+// suites returns the device's inventory, one entry per suite it ever had a
+// KeyPackage of, by suite id.
+func (t *txn) suites(did, device string, d *deviceRecord) ([]kpd.SuiteInventory, error) {
+	ids := make([]uint16, 0, len(d.Suites))
+	for s := range d.Suites {
+		ids = append(ids, s)
+	}
+	slices.Sort(ids)
+	out := make([]kpd.SuiteInventory, 0, len(ids))
+	for _, s := range ids {
+		c := d.Suites[s]
+		si := kpd.SuiteInventory{CipherSuite: s, Available: c.Available, Claimed: c.Claimed}
+		ref, lr, err := t.lastResort(did, device, s)
+		if err != nil {
+			return nil, err
+		}
+		if lr != nil {
+			si.LastResort = &kpd.LastResortInfo{Ref: kpd.RefOf(ref), NotAfter: lr.NotAfter.time(), Served: lr.Served}
+		}
+		out = append(out, si)
+	}
+	return out, nil
+}
+
+// inventory returns a device's inventory.
+func (t *txn) inventory(did, device string, d *deviceRecord) (*kpd.Inventory, error) {
+	s, err := t.suites(did, device, d)
+	if err != nil {
+		return nil, err
+	}
+	return &kpd.Inventory{Device: device, Suites: s, LowWatermark: t.opts.LowWatermark}, nil
+}

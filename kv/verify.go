@@ -1,0 +1,457 @@
+package kv
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/index"
+)
+
+// Violation is one breach of a store invariant found by Verify.
+type Violation struct {
+	// Invariant is the number of the SPEC section 4 invariant broken, or
+	// 0 when a key or record cannot be decoded at all.
+	Invariant int
+	// Key locates the offending entry: bucket/key, the key decoded.
+	Key string
+	// Msg says what is wrong.
+	Msg string
+}
+
+// String renders v on one line.
+func (v Violation) String() string {
+	if v.Invariant == 0 {
+		return fmt.Sprintf("malformed: %s: %s", v.Key, v.Msg)
+	}
+	return fmt.Sprintf("invariant %d: %s: %s", v.Invariant, v.Key, v.Msg)
+}
+
+// Verify checks the invariants of SPEC section 4 over the whole database, in
+// one read transaction, and returns every violation it finds (none: nil):
+//
+//  1. each KeyPackage is in exactly one state and in exactly the indexes
+//     that state implies (its device's list; expiry and pool or last-resort
+//     slot when available; the claimed or consumed index), every index
+//     entry belongs to a KeyPackage in that state, its device exists, and
+//     only regular KeyPackages are ever claimed or consumed;
+//  2. every claimed or consumed KeyPackage records its claimer and claim
+//     time (a KeyPackage cannot be claimed twice: claiming needs the
+//     available state, which nothing returns to);
+//  3. each device's per-suite available and claimed counters, its pending
+//     Welcome counter and each KeyPackage's pending-delivery counter equal
+//     the records they count;
+//  4. each pending delivery is in its device's queue, belongs to a stored
+//     Welcome that lists it, and names KeyPackages of its device that are
+//     claimed for that Welcome or are its last resorts; every queue entry
+//     and every live recipient of a Welcome has its delivery.
+//
+// Invariant 5 (nothing acknowledged as stored is lost, even across a
+// crash) is about history, not one snapshot: it cannot be checked here.
+func (db *DB) Verify(ctx context.Context) ([]Violation, error) {
+	var out []Violation
+	err := db.read(ctx, func(t *txn) error {
+		v := &verifier{ctx: ctx, t: t, devices: map[string]*deviceCheck{}, kps: map[string]*kpCheck{},
+			entries: map[string]bool{}, pendingKeys: map[string]bool{}}
+		if err := v.run(); err != nil {
+			return err
+		}
+		out = v.out
+		return nil
+	})
+	return out, err
+}
+
+// VerifyFile opens the database at path read-only (waiting at most timeout
+// for the lock: ErrInUse while a server has it open), verifies it and
+// closes it.
+func VerifyFile(path string, timeout time.Duration) ([]Violation, error) {
+	db, err := Open(path, &Options{ReadOnly: true, OpenTimeout: timeout})
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	return db.Verify(context.Background())
+}
+
+// deviceCheck is a device as Verify found it, with what it counted.
+type deviceCheck struct {
+	rec     deviceRecord
+	counted map[uint16]suiteCounts
+	pending int
+}
+
+// kpCheck is what Verify remembers of a KeyPackage.
+type kpCheck struct {
+	ref        []byte
+	rec        kpRecord
+	deliveries int // pending deliveries naming it
+}
+
+type verifier struct {
+	ctx         context.Context
+	t           *txn
+	out         []Violation
+	devices     map[string]*deviceCheck // by index.Device key
+	kps         map[string]*kpCheck     // by raw ref
+	kpOrder     []*kpCheck
+	entries     map[string]bool // index entries the KeyPackages imply
+	pendingKeys map[string]bool // pending-queue keys the deliveries imply
+	seen        int
+}
+
+func (v *verifier) report(invariant int, bucket, key []byte, format string, args ...any) {
+	v.out = append(v.out, Violation{Invariant: invariant, Key: describeKey(bucket, key), Msg: fmt.Sprintf(format, args...)})
+}
+
+func (v *verifier) run() error {
+	if _, err := readSchemaVersion(v.t.tx); err != nil {
+		v.report(0, bucketMeta, keySchemaVersion, "%v", err)
+	}
+	for _, step := range []struct {
+		bucket []byte
+		fn     func(k, val []byte) error
+	}{
+		{bucketDevices, v.device},
+		{bucketKeyPackages, v.keyPackage},
+		{bucketDeviceKPs, v.checkIndex(bucketDeviceKPs)},
+		{bucketPool, v.checkIndex(bucketPool)},
+		{bucketLastResort, v.checkIndex(bucketLastResort)},
+		{bucketExpiry, v.checkIndex(bucketExpiry)},
+		{bucketClaimed, v.checkIndex(bucketClaimed)},
+		{bucketConsumed, v.checkIndex(bucketConsumed)},
+		{bucketDeliveries, v.delivery},
+		{bucketPending, v.pendingEntry},
+		{bucketWelcomes, v.welcome},
+		{bucketTokens, v.token},
+	} {
+		if err := v.each(step.bucket, step.fn); err != nil {
+			return err
+		}
+	}
+	v.counters()
+	return nil
+}
+
+// each calls fn for every entry of a bucket (a missing bucket is a
+// violation), checking for cancellation now and then.
+func (v *verifier) each(bucket []byte, fn func(k, val []byte) error) error {
+	b := v.t.bucket(bucket)
+	if b == nil {
+		v.report(0, bucket, nil, "bucket missing")
+		return nil
+	}
+	c := b.Cursor()
+	for k, val := c.First(); k != nil; k, val = c.Next() {
+		if v.seen++; v.seen%4096 == 0 {
+			if err := v.ctx.Err(); err != nil {
+				return err
+			}
+		}
+		if err := fn(k, val); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func entryKey(e indexEntry) string {
+	return string(e.bucket) + "\x00" + string(e.key) + "\x00" + string(e.value)
+}
+
+func (v *verifier) device(k, val []byte) error {
+	if _, _, err := index.DecodeDevice(k); err != nil {
+		v.report(0, bucketDevices, k, "%v", err)
+		return nil
+	}
+	d := &deviceCheck{counted: map[uint16]suiteCounts{}}
+	if err := decode(val, &d.rec); err != nil {
+		v.report(0, bucketDevices, k, "%v", err)
+		return nil
+	}
+	v.devices[string(k)] = d
+	return nil
+}
+
+func (v *verifier) keyPackage(k, val []byte) error {
+	c := &kpCheck{ref: bytes.Clone(k)}
+	if err := decode(val, &c.rec); err != nil {
+		v.report(0, bucketKeyPackages, k, "%v", err)
+		return nil
+	}
+	r := &c.rec
+	v.kps[string(k)], v.kpOrder = c, append(v.kpOrder, c)
+	switch r.State {
+	case kpd.StateAvailable, kpd.StateClaimed, kpd.StateConsumed:
+	default:
+		v.report(1, bucketKeyPackages, k, "unknown state %q", r.State)
+	}
+	if r.LastResort && r.State != kpd.StateAvailable {
+		v.report(1, bucketKeyPackages, k, "last resort in state %s: last resorts are never claimed or consumed", r.State)
+	}
+	if r.Retired && (!r.LastResort || r.Pending == 0) {
+		v.report(1, bucketKeyPackages, k, "retired, but not a last resort awaiting a pending delivery")
+	}
+	if r.Welcome != "" && r.State == kpd.StateAvailable {
+		v.report(1, bucketKeyPackages, k, "available, yet routed by welcome %s", r.Welcome)
+	}
+	if r.State != kpd.StateConsumed && len(r.Data) == 0 {
+		v.report(1, bucketKeyPackages, k, "%s without KeyPackage bytes", r.State)
+	}
+	r.Data = nil // the record stays in memory for later checks, which need only its metadata
+	if r.State == kpd.StateConsumed && r.ConsumedAt == nil {
+		v.report(1, bucketKeyPackages, k, "consumed without a consumption time")
+	}
+	if (r.State == kpd.StateClaimed || r.State == kpd.StateConsumed) && (r.Claimer == "" || r.ClaimedAt == nil) {
+		v.report(2, bucketKeyPackages, k, "%s without claimer and claim time", r.State)
+	}
+	dev := v.devices[string(index.Device(r.DID, r.Device))]
+	if dev == nil {
+		v.report(1, bucketKeyPackages, k, "belongs to %s device %q, which does not exist", r.DID, r.Device)
+	} else {
+		if _, ok := dev.rec.Suites[r.Suite]; !ok {
+			v.report(3, bucketKeyPackages, k, "device %s %q has no counters for its suite %d", r.DID, r.Device, r.Suite)
+		}
+		a, cl := counts(r)
+		sc := dev.counted[r.Suite]
+		sc.Available, sc.Claimed = sc.Available+a, sc.Claimed+cl
+		dev.counted[r.Suite] = sc
+	}
+	for _, e := range indexEntries(k, r) {
+		v.entries[entryKey(e)] = true
+		got, ok := v.t.has(e.bucket, e.key)
+		switch {
+		case !ok:
+			v.report(1, bucketKeyPackages, k, "%s KeyPackage missing from index %s (%s)", r.State, e.bucket, describeKey(e.bucket, e.key))
+		case !bytes.Equal(got, e.value):
+			v.report(1, e.bucket, e.key, "names %x, not the KeyPackage %x", got, k)
+		}
+	}
+	return nil
+}
+
+// checkIndex returns the check of one index bucket: each entry must be
+// one that its KeyPackage implies.
+func (v *verifier) checkIndex(bucket []byte) func(k, val []byte) error {
+	return func(k, val []byte) error {
+		if v.entries[entryKey(indexEntry{bucket, k, val})] {
+			return nil
+		}
+		ref, err := indexRef(bucket, k, val)
+		if err != nil {
+			v.report(0, bucket, k, "%v", err)
+			return nil
+		}
+		if c := v.kps[string(ref)]; c == nil {
+			v.report(1, bucket, k, "names KeyPackage %x, which does not exist", ref)
+		} else {
+			v.report(1, bucket, k, "does not match KeyPackage %x (%s%s of %s %q)", ref, c.rec.State, kindOf(&c.rec), c.rec.DID, c.rec.Device)
+		}
+		return nil
+	}
+}
+
+func kindOf(r *kpRecord) string {
+	switch {
+	case r.Retired:
+		return ", retired last resort"
+	case r.LastResort:
+		return ", last resort"
+	}
+	return ""
+}
+
+// indexRef returns the ref an index entry names.
+func indexRef(bucket, k, val []byte) ([]byte, error) {
+	switch string(bucket) {
+	case string(bucketPool):
+		_, _, _, _, err := index.DecodePool(k)
+		return val, err
+	case string(bucketLastResort):
+		_, _, _, err := index.DecodeDeviceSuite(k)
+		return val, err
+	case string(bucketDeviceKPs):
+		_, _, ref, err := index.DecodeDeviceRef(k)
+		return ref, err
+	}
+	_, ref, err := index.DecodeTimeRef(k)
+	return ref, err
+}
+
+func (v *verifier) delivery(k, val []byte) error {
+	did, device, id, err := index.DecodeDelivery(k)
+	var d deliveryRecord
+	if err == nil {
+		err = decode(val, &d)
+	}
+	if err != nil {
+		v.report(0, bucketDeliveries, k, "%v", err)
+		return nil
+	}
+	dev := v.devices[string(index.Device(did, device))]
+	if dev == nil {
+		v.report(4, bucketDeliveries, k, "device does not exist")
+	}
+	var w welcomeRecord
+	if ok, err := v.t.get(bucketWelcomes, []byte(id), &w); err != nil || !ok {
+		v.report(4, bucketDeliveries, k, "welcome %s does not exist", id)
+	} else if i := slices.IndexFunc(w.Recipients, func(e recipientEntry) bool {
+		return e.DID == did && e.Device == device && e.Gone == nil
+	}); i < 0 {
+		v.report(4, bucketDeliveries, k, "welcome %s does not list this device", id)
+	} else if !slices.EqualFunc(w.Recipients[i].Refs, d.Refs, bytes.Equal) {
+		v.report(4, bucketDeliveries, k, "refs differ from those welcome %s lists for this device", id)
+	}
+	switch d.Status.State {
+	case kpd.DeliveryAcked, kpd.DeliveryRejected, kpd.DeliveryExpired:
+		return nil
+	case kpd.DeliveryPending:
+	default:
+		v.report(4, bucketDeliveries, k, "unknown state %q", d.Status.State)
+		return nil
+	}
+	if dev != nil {
+		dev.pending++
+	}
+	pk := index.Pending(did, device, d.Seq)
+	v.pendingKeys[string(pk)] = true
+	if got, ok := v.t.has(bucketPending, pk); !ok || string(got) != id {
+		v.report(4, bucketDeliveries, k, "pending, but not in the device's queue at %d", d.Seq)
+	}
+	if len(d.Refs) == 0 {
+		v.report(4, bucketDeliveries, k, "pending delivery names no KeyPackage")
+	}
+	for _, ref := range d.Refs {
+		c := v.kps[string(ref)]
+		switch {
+		case c == nil:
+			v.report(4, bucketDeliveries, k, "names KeyPackage %x, which does not exist", ref)
+			continue
+		case c.rec.DID != did || c.rec.Device != device:
+			v.report(4, bucketDeliveries, k, "names KeyPackage %x of another device", ref)
+		case c.rec.LastResort:
+			if c.rec.State != kpd.StateAvailable {
+				v.report(4, bucketDeliveries, k, "names last resort %x, which is %s", ref, c.rec.State)
+			}
+		case c.rec.State != kpd.StateClaimed || c.rec.Welcome != id:
+			v.report(4, bucketDeliveries, k, "names KeyPackage %x, which is %s for welcome %q", ref, c.rec.State, c.rec.Welcome)
+		}
+		c.deliveries++
+	}
+	return nil
+}
+
+func (v *verifier) pendingEntry(k, val []byte) error {
+	if _, _, _, err := index.DecodePending(k); err != nil {
+		v.report(0, bucketPending, k, "%v", err)
+	} else if !v.pendingKeys[string(k)] {
+		v.report(4, bucketPending, k, "queues welcome %s, which has no pending delivery with this key", val)
+	}
+	return nil
+}
+
+func (v *verifier) welcome(k, val []byte) error {
+	var w welcomeRecord
+	if err := decode(val, &w); err != nil {
+		v.report(0, bucketWelcomes, k, "%v", err)
+		return nil
+	}
+	for _, e := range w.Recipients {
+		if e.Gone == nil && v.t.bucket(bucketDeliveries).Get(index.Delivery(e.DID, e.Device, string(k))) == nil {
+			v.report(4, bucketWelcomes, k, "recipient %s %q has no delivery", e.DID, e.Device)
+		}
+	}
+	return nil
+}
+
+func (v *verifier) token(k, val []byte) error {
+	var t tokenRecord
+	if err := decode(val, &t); err != nil {
+		v.report(0, bucketTokens, k, "%v", err)
+	}
+	return nil
+}
+
+// counters compares every counter with what Verify counted.
+func (v *verifier) counters() {
+	keys := make([]string, 0, len(v.devices))
+	for k := range v.devices {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		d := v.devices[k]
+		suites := make([]uint16, 0, len(d.rec.Suites))
+		for s := range d.rec.Suites {
+			suites = append(suites, s)
+		}
+		slices.Sort(suites)
+		for _, s := range suites {
+			if got, want := d.rec.Suites[s], d.counted[s]; got != want {
+				v.report(3, bucketDevices, []byte(k), "suite %d counters available=%d claimed=%d, records say %d and %d",
+					s, got.Available, got.Claimed, want.Available, want.Claimed)
+			}
+		}
+		if d.rec.Pending != d.pending {
+			v.report(3, bucketDevices, []byte(k), "pending welcomes counter %d, deliveries say %d", d.rec.Pending, d.pending)
+		}
+	}
+	for _, c := range v.kpOrder {
+		if c.rec.Pending != c.deliveries {
+			v.report(3, bucketKeyPackages, c.ref, "pending deliveries counter %d, deliveries say %d", c.rec.Pending, c.deliveries)
+		}
+	}
+}
+
+// keyFormats render the keys of the buckets whose keys are composite.
+var keyFormats = map[string]func(k []byte) (string, error){
+	string(bucketDevices): func(k []byte) (string, error) {
+		did, device, err := index.DecodeDevice(k)
+		return did + "/" + device, err
+	},
+	string(bucketDeviceKPs): func(k []byte) (string, error) {
+		did, device, ref, err := index.DecodeDeviceRef(k)
+		return fmt.Sprintf("%s/%s/%x", did, device, ref), err
+	},
+	string(bucketPool): func(k []byte) (string, error) {
+		did, device, suite, seq, err := index.DecodePool(k)
+		return fmt.Sprintf("%s/%s/%d/%d", did, device, suite, seq), err
+	},
+	string(bucketLastResort): func(k []byte) (string, error) {
+		did, device, suite, err := index.DecodeDeviceSuite(k)
+		return fmt.Sprintf("%s/%s/%d", did, device, suite), err
+	},
+	string(bucketExpiry):   timeRefFormat,
+	string(bucketClaimed):  timeRefFormat,
+	string(bucketConsumed): timeRefFormat,
+	string(bucketDeliveries): func(k []byte) (string, error) {
+		did, device, id, err := index.DecodeDelivery(k)
+		return did + "/" + device + "/" + id, err
+	},
+	string(bucketPending): func(k []byte) (string, error) {
+		did, device, seq, err := index.DecodePending(k)
+		return fmt.Sprintf("%s/%s/%d", did, device, seq), err
+	},
+	string(bucketWelcomes): func(k []byte) (string, error) { return string(k), nil },
+	string(bucketMeta):     func(k []byte) (string, error) { return string(k), nil },
+}
+
+func timeRefFormat(k []byte) (string, error) {
+	t, ref, err := index.DecodeTimeRef(k)
+	return fmt.Sprintf("%s/%x", t.Format(time.RFC3339Nano), ref), err
+}
+
+// describeKey renders a key of a bucket readably; refs, hashes and keys that
+// do not decode as hex.
+func describeKey(bucket, k []byte) string {
+	s := fmt.Sprintf("%x", k)
+	if f := keyFormats[string(bucket)]; f != nil {
+		if d, err := f(k); err == nil {
+			s = d
+		}
+	}
+	return string(bucket) + "/" + s
+}

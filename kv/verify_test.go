@@ -1,0 +1,184 @@
+package kv
+
+import (
+	"strings"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/index"
+)
+
+// scenario is a database holding a KeyPackage in every state, a last
+// resort, an acked and a pending delivery.
+type scenario struct {
+	*env
+	available, claimed, consumed, lastResort kpd.Ref
+	pendingWelcome                           string
+}
+
+func newScenario(t *testing.T) *scenario {
+	t.Helper()
+	e := openTestDB(t)
+	s := &scenario{env: e}
+	refs := e.publishN(t, bob, "phone", 1, 3)
+	lr := e.newLastResort(1)
+	e.publish(t, bob, "phone", lr)
+	s.available, s.lastResort = refs[2], lr.Ref
+	s.claimed = e.claimOne(t, alice, bob, "phone", 1).Ref
+	s.consumed = e.claimOne(t, alice, bob, "phone", 1).Ref
+	w := e.post(t, alice, "c", 1, s.consumed)
+	if _, err := e.Ack(e.ctx, bob, "phone", w.WelcomeID); err != nil {
+		t.Fatal(err)
+	}
+	s.pendingWelcome = e.post(t, alice, "c", 1, s.claimed).WelcomeID
+	if vs, err := e.Verify(e.ctx); err != nil || len(vs) != 0 {
+		t.Fatalf("the scenario itself fails verification: %v %v", vs, err)
+	}
+	return s
+}
+
+// expand replaces {available}, {claimed}, {consumed}, {lastResort} and
+// {welcome} in text with the scenario's values.
+func (s *scenario) expand(text string) string {
+	return strings.NewReplacer("{available}", string(s.available), "{claimed}", string(s.claimed),
+		"{consumed}", string(s.consumed), "{lastResort}", string(s.lastResort), "{welcome}", s.pendingWelcome).Replace(text)
+}
+
+func (s *scenario) raw(r kpd.Ref) []byte {
+	b, err := r.Bytes()
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// editRecord rewrites the record at key of a bucket with edit.
+func editRecord[T any](tx *bolt.Tx, bucket, key []byte, edit func(*T)) error {
+	var rec T
+	if err := decode(tx.Bucket(bucket).Get(key), &rec); err != nil {
+		return err
+	}
+	edit(&rec)
+	b, err := encode(&rec)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucket).Put(key, b)
+}
+
+func (s *scenario) editKP(tx *bolt.Tx, ref kpd.Ref, edit func(*kpRecord)) error {
+	return editRecord(tx, bucketKeyPackages, s.raw(ref), edit)
+}
+
+type expectation struct {
+	invariant int
+	text      string // with {placeholders}, see expand
+}
+
+// TestVerifyFindsViolations damages a sound database directly through bbolt
+// and checks that Verify reports each kind of damage.
+func TestVerifyFindsViolations(t *testing.T) {
+	phone := index.Device(bob, "phone")
+	cases := []struct {
+		name   string
+		damage func(s *scenario, tx *bolt.Tx) error
+		want   []expectation
+	}{
+		{"available counter off", func(s *scenario, tx *bolt.Tx) error {
+			return editRecord(tx, bucketDevices, phone, func(d *deviceRecord) { d.adjust(1, 1, 0) })
+		}, []expectation{{3, "devices/" + bob + "/phone: suite 1 counters available=2 claimed=1, records say 1 and 1"}}},
+		{"pending counter off", func(s *scenario, tx *bolt.Tx) error {
+			return editRecord(tx, bucketDevices, phone, func(d *deviceRecord) { d.Pending = 0 })
+		}, []expectation{{3, "pending welcomes counter 0, deliveries say 1"}}},
+		{"pool entry lost", func(s *scenario, tx *bolt.Tx) error {
+			rec := s.record(t, s.available)
+			return tx.Bucket(bucketPool).Delete(index.Pool(bob, "phone", 1, rec.Seq))
+		}, []expectation{{1, "key_packages/{available}: available KeyPackage missing from index pool"}}},
+		{"dangling expiry entry", func(s *scenario, tx *bolt.Tx) error {
+			return tx.Bucket(bucketExpiry).Put(index.TimeRef(t0, []byte{0xde, 0xad}), nil)
+		}, []expectation{{1, "names KeyPackage dead, which does not exist"}}},
+		{"index entry of another state", func(s *scenario, tx *bolt.Tx) error {
+			return tx.Bucket(bucketClaimed).Put(index.TimeRef(t0, s.raw(s.available)), nil)
+		}, []expectation{{1, "does not match KeyPackage {available} (available of " + bob + ` "phone")`}}},
+		{"claimed without claimer", func(s *scenario, tx *bolt.Tx) error {
+			return s.editKP(tx, s.claimed, func(r *kpRecord) { r.Claimer = "" })
+		}, []expectation{{2, "key_packages/{claimed}: claimed without claimer and claim time"}}},
+		{"claimed again: back to available", func(s *scenario, tx *bolt.Tx) error {
+			return s.editKP(tx, s.claimed, func(r *kpRecord) { r.State = kpd.StateAvailable })
+		}, []expectation{
+			{1, "key_packages/{claimed}: available KeyPackage missing from index expiry"},
+			{1, "available, yet routed by welcome {welcome}"},
+			{3, "suite 1 counters available=1 claimed=1, records say 2 and 0"},
+			{4, "names KeyPackage {claimed}, which is available for welcome"},
+		}},
+		{"last resort claimed", func(s *scenario, tx *bolt.Tx) error {
+			return s.editKP(tx, s.lastResort, func(r *kpRecord) { r.State = kpd.StateClaimed })
+		}, []expectation{{1, "last resort in state claimed"}, {2, "claimed without claimer"}}},
+		{"welcome lost", func(s *scenario, tx *bolt.Tx) error {
+			return tx.Bucket(bucketWelcomes).Delete([]byte(s.pendingWelcome))
+		}, []expectation{{4, "deliveries/" + bob + "/phone/{welcome}: welcome {welcome} does not exist"}}},
+		{"delivery lost", func(s *scenario, tx *bolt.Tx) error {
+			return tx.Bucket(bucketDeliveries).Delete(index.Delivery(bob, "phone", s.pendingWelcome))
+		}, []expectation{
+			{4, "welcomes/{welcome}: recipient " + bob + ` "phone" has no delivery`},
+			{4, "queues welcome {welcome}, which has no pending delivery"},
+			{3, "pending welcomes counter 1, deliveries say 0"},
+			{3, "key_packages/{claimed}: pending deliveries counter 1, deliveries say 0"},
+		}},
+		{"device lost", func(s *scenario, tx *bolt.Tx) error {
+			return tx.Bucket(bucketDevices).Delete(phone)
+		}, []expectation{
+			{1, "key_packages/{available}: belongs to " + bob + ` device "phone", which does not exist`},
+			{4, "device does not exist"},
+		}},
+		{"garbage record and key", func(s *scenario, tx *bolt.Tx) error {
+			if err := tx.Bucket(bucketKeyPackages).Put([]byte{1}, []byte{0xff, 0x00}); err != nil {
+				return err
+			}
+			return tx.Bucket(bucketPending).Put([]byte{0x05, 'a'}, []byte("x"))
+		}, []expectation{{0, "key_packages/01: decode"}, {0, "pending/0561: pending key"}}},
+		{"schema version lost", func(s *scenario, tx *bolt.Tx) error {
+			return tx.Bucket(bucketMeta).Delete(keySchemaVersion)
+		}, []expectation{{0, "meta/schema_version"}}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := newScenario(t)
+			if err := s.bolt.Update(func(tx *bolt.Tx) error { return c.damage(s, tx) }); err != nil {
+				t.Fatalf("damage: %v", err)
+			}
+			vs, err := s.Verify(s.ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range c.want {
+				text := s.expand(w.text)
+				found := false
+				for _, v := range vs {
+					found = found || v.Invariant == w.invariant && strings.Contains(v.String(), text)
+				}
+				if !found {
+					t.Errorf("no invariant %d violation containing %q", w.invariant, text)
+				}
+			}
+			if t.Failed() {
+				for _, v := range vs {
+					t.Logf("reported: %s", v)
+				}
+			}
+		})
+	}
+}
+
+func TestViolationString(t *testing.T) {
+	v := Violation{Invariant: 3, Key: "devices/x", Msg: "off by one"}
+	if got := v.String(); got != "invariant 3: devices/x: off by one" {
+		t.Errorf("String() = %q", got)
+	}
+	v.Invariant = 0
+	if got := v.String(); got != "malformed: devices/x: off by one" {
+		t.Errorf("String() = %q", got)
+	}
+}
