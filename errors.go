@@ -76,6 +76,10 @@ type Error struct {
 	Message string
 	Items   []ItemError
 	Missing []Missing
+	// Reason refines an authentication failure with the check that failed
+	// (e.g. "Expired", "WrongAudience"); clients see it as the problem's
+	// "reason" member.
+	Reason string
 	// RetryAfter, in seconds, for RateLimited and Unavailable errors.
 	RetryAfter int
 }

@@ -1,0 +1,283 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/client"
+	"github.com/kpd-dir/kpd/httpapi"
+	"github.com/kpd-dir/kpd/kv"
+	"github.com/kpd-dir/kpd/mls"
+	"github.com/kpd-dir/kpd/mls/mlstest"
+)
+
+func TestStatusOf(t *testing.T) {
+	for code, status := range map[kpd.Code]int{
+		kpd.CodeBadRequest: 400, kpd.CodeUnauthorized: 401, kpd.CodeForbidden: 403, kpd.CodeNotFound: 404,
+		kpd.CodeConflict: 409, kpd.CodeNoKeyPackages: 409, kpd.CodeExhausted: 409,
+		kpd.CodePayloadTooLarge: 413,
+		kpd.CodeMalformed:       422, kpd.CodeUnsupportedVersion: 422, kpd.CodeUnsupportedCipherSuite: 422,
+		kpd.CodeInvalidKeyPackage: 422, kpd.CodeBadSignature: 422, kpd.CodeLifetimeInvalid: 422,
+		kpd.CodeIdentityMismatch: 422, kpd.CodeUnknownKeyPackage: 422, kpd.CodeNotClaimedByCaller: 422,
+		kpd.CodeAlreadyConsumed: 422, kpd.CodeSuiteMismatch: 422, kpd.CodeQuotaExceeded: 422,
+		kpd.CodeRateLimited: 429, kpd.CodeUnavailable: 503, kpd.CodeInternal: 500, "NoSuchCode": 500,
+	} {
+		if got := httpapi.StatusOf(code); got != status {
+			t.Errorf("StatusOf(%s) = %d, want %d", code, got, status)
+		}
+	}
+}
+
+// TestPublishRejections publishes one invalid KeyPackage per SPEC section 3
+// reason, each alone and then all in one batch with a valid one: the batch
+// stores nothing and lists every invalid item.
+func TestPublishRejections(t *testing.T) {
+	s := start(t)
+	ctx := context.Background()
+	fx := fixture(t, 1)
+	dev1 := fx.KeyPackages["alice_dev1"]
+
+	wrongVersion := bytes.Clone(dev1.Bare)
+	wrongVersion[1] = 2 // KeyPackage.version mls10 (1) becomes 2
+	sameKeys, _ := s.keyPackageWith(1, mlstest.Options{Identity: alice + "#dev1", Modify: func(kp *mls.KeyPackage) {
+		kp.LeafNode.EncryptionKey = kp.InitKey
+	}})
+	cases := []struct {
+		name string
+		kp   []byte
+		code kpd.Code
+	}{
+		{"truncated", fx.Invalid.Truncated, kpd.CodeMalformed},
+		{"trailing bytes", fx.Invalid.TrailingBytes, kpd.CodeMalformed},
+		{"version 2", wrongVersion, kpd.CodeUnsupportedVersion},
+		{"unconfigured suite 77", fixture(t, 77).KeyPackages["alice_dev1"].Message, kpd.CodeUnsupportedCipherSuite},
+		{"encryption_key equals init_key", sameKeys, kpd.CodeInvalidKeyPackage},
+		{"bad signature", fx.Invalid.BadSignature, kpd.CodeBadSignature},
+		{"expired", fx.KeyPackages["alice_expired"].Message, kpd.CodeLifetimeInvalid},
+		{"bob's KeyPackage", fx.KeyPackages["bob"].Message, kpd.CodeIdentityMismatch},
+		{"over 64 KiB", make([]byte, 64<<10+1), kpd.CodePayloadTooLarge},
+	}
+	a := s.as(alice)
+	for _, c := range cases {
+		_, err := a.Publish(ctx, "dev1", [][]byte{c.kp})
+		e := wantCode(t, err, c.code)
+		if len(e.Errors) != 1 || e.Errors[0].Index != 0 || e.Errors[0].Code != c.code || e.Errors[0].Detail == "" {
+			t.Errorf("%s: errors = %+v", c.name, e.Errors)
+		}
+	}
+
+	batch := [][]byte{dev1.Message}
+	for _, c := range cases {
+		batch = append(batch, c.kp)
+	}
+	_, err := a.Publish(ctx, "dev1", batch)
+	e := wantCode(t, err, cases[0].code)
+	if len(e.Errors) != len(cases) {
+		t.Fatalf("batch errors = %+v, want one per invalid item", e.Errors)
+	}
+	for i, ie := range e.Errors {
+		if ie.Index != i+1 || ie.Code != cases[i].code {
+			t.Errorf("errors[%d] = %+v, want index %d code %s", i, ie, i+1, cases[i].code)
+		}
+	}
+	_, err = a.Inventory(ctx, "dev1", true)
+	wantCode(t, err, kpd.CodeNotFound) // nothing stored, not even the device
+}
+
+// TestPublishConflict: a ref stored for one DID cannot be published by
+// another (here with the identity check off, as for test vectors), nor on
+// another device.
+func TestPublishConflict(t *testing.T) {
+	s := start(t, func(o *options) { o.policy.SkipIdentityCheck = true })
+	ctx := context.Background()
+	dev1 := fixture(t, 1).KeyPackages["alice_dev1"]
+	must(s.as(alice).Publish(ctx, "dev1", [][]byte{dev1.Message}))(t)
+
+	_, err := s.as(bob).Publish(ctx, "phone", [][]byte{dev1.Message})
+	wantCode(t, err, kpd.CodeConflict)
+	fresh, _ := s.keyPackage(1, alice+"#dev2", false)
+	_, err = s.as(alice).Publish(ctx, "dev2", [][]byte{fresh, dev1.Bare})
+	if e := wantCode(t, err, kpd.CodeConflict); len(e.Errors) != 1 || e.Errors[0].Index != 1 {
+		t.Fatalf("errors = %+v, want the second item", e.Errors)
+	}
+	_, err = s.as(alice).Inventory(ctx, "dev2", false)
+	wantCode(t, err, kpd.CodeNotFound) // the valid item was not stored either
+
+	again := must(s.as(alice).Publish(ctx, "dev1", [][]byte{dev1.Bare}))(t)
+	if again.Results[0].Status != kpd.PublishDuplicate {
+		t.Errorf("re-publish: %+v, want duplicate", again.Results[0])
+	}
+	if _, err := s.as(bob).Devices(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestQuotas: over the per-device pool or the per-DID device count is
+// QuotaExceeded.
+func TestQuotas(t *testing.T) {
+	s := start(t, func(o *options) { o.kv = kv.Options{MaxAvailablePerSuite: 2, MaxDevicesPerDID: 1} })
+	ctx := context.Background()
+	a := s.as(alice)
+	kps := make([][]byte, 3)
+	for i := range kps {
+		kps[i], _ = s.keyPackage(1, alice+"#dev1", false)
+	}
+	_, err := a.Publish(ctx, "dev1", kps)
+	wantCode(t, err, kpd.CodeQuotaExceeded)
+	must(a.Publish(ctx, "dev1", kps[:2]))(t)
+	_, err = a.Publish(ctx, "dev1", kps[2:])
+	wantCode(t, err, kpd.CodeQuotaExceeded)
+
+	other, _ := s.keyPackage(1, alice+"#dev2", false)
+	_, err = a.Publish(ctx, "dev2", [][]byte{other})
+	wantCode(t, err, kpd.CodeQuotaExceeded)
+}
+
+// TestSizeLimits: each limit of SPEC section 7 is a 413 PayloadTooLarge.
+func TestSizeLimits(t *testing.T) {
+	s := start(t, func(o *options) {
+		o.limits = httpapi.Limits{MaxBodyBytes: 4096, MaxWelcomeBytes: 600, MaxPublishBatch: 2, MaxClaimTargets: 2}
+	})
+	ctx := context.Background()
+	a := s.as(alice)
+	kp, _ := s.keyPackage(1, alice+"#dev1", false)
+
+	_, err := a.Publish(ctx, "dev1", [][]byte{kp, kp, kp})
+	wantCode(t, err, kpd.CodePayloadTooLarge)
+	_, err = a.Publish(ctx, "dev1", [][]byte{make([]byte, 4096)})
+	wantCode(t, err, kpd.CodePayloadTooLarge)
+
+	targets := []kpd.ClaimTarget{{DID: alice}, {DID: bob}, {DID: carol}}
+	_, err = s.as(bob).Claim(ctx, client.ClaimRequest{CipherSuite: 1, Targets: targets})
+	wantCode(t, err, kpd.CodePayloadTooLarge)
+
+	_, err = s.as(bob).PostWelcome(ctx, "c", make([]byte, 601))
+	wantCode(t, err, kpd.CodePayloadTooLarge)
+	if len(must(a.Publish(ctx, "dev1", [][]byte{kp}))(t).Results) != 1 {
+		t.Fatal("a publish within the limits failed")
+	}
+}
+
+// TestWelcomeRejections produces every reason a Welcome's ref is not
+// routed, and the parse failures of a posted Welcome.
+func TestWelcomeRejections(t *testing.T) {
+	s := start(t)
+	ctx := context.Background()
+	a, b, c := s.as(alice), s.as(bob), s.as(carol)
+	kp1, _ := s.keyPackage(1, alice+"#dev1", false)
+	kp2, _ := s.keyPackage(1, alice+"#dev1", false)
+	pub := must(a.Publish(ctx, "dev1", [][]byte{kp1, kp2}))(t)
+	claim := must(b.Claim(ctx, client.ClaimRequest{CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: alice}}}))(t)
+	// bob holds ref1; ref2 stays available.
+	ref1, ref2 := claim.KeyPackages[0].Ref, pub.Results[0].Ref
+	if ref2 == ref1 {
+		ref2 = pub.Results[1].Ref
+	}
+
+	unknown := make([]byte, 32)
+	rand.Read(unknown)
+	reject := func(poster *client.Client, w []byte, want kpd.Code, ref kpd.Ref) {
+		t.Helper()
+		_, err := poster.PostWelcome(ctx, "convo", w)
+		e := wantCode(t, err, want)
+		if len(e.Rejected) != 1 || e.Rejected[0].Ref != ref || e.Rejected[0].Reason != want {
+			t.Fatalf("rejected = %+v, want %s %s", e.Rejected, ref, want)
+		}
+	}
+	reject(b, s.welcome(s.suite(1), kpd.RefOf(unknown)), kpd.CodeUnknownKeyPackage, kpd.RefOf(unknown))
+	reject(c, s.welcome(s.suite(1), ref1), kpd.CodeNotClaimedByCaller, ref1)
+	reject(b, s.welcome(s.suite(1), ref2), kpd.CodeNotClaimedByCaller, ref2) // available, not claimed
+	reject(b, s.welcome(s.suite(3), ref1), kpd.CodeSuiteMismatch, ref1)
+
+	// One routable ref is enough: the others are reported as rejected.
+	w := s.welcome(s.suite(1), ref1, kpd.RefOf(unknown))
+	posted := must(b.PostWelcome(ctx, "convo", w))(t)
+	if len(posted.Recipients) != 1 || len(posted.Rejected) != 1 || posted.Rejected[0].Reason != kpd.CodeUnknownKeyPackage {
+		t.Fatalf("partial post = %+v", posted)
+	}
+	_, err := c.PostWelcome(ctx, "convo", w)
+	wantCode(t, err, kpd.CodeConflict) // the same Welcome from another sender
+	must(a.Ack(ctx, "dev1", posted.WelcomeID))(t)
+	reject(b, s.welcome(s.suite(1), ref1), kpd.CodeAlreadyConsumed, ref1)
+
+	// Parse failures and suites come before routing.
+	_, err = b.PostWelcome(ctx, "convo", w[:len(w)-1])
+	wantCode(t, err, kpd.CodeMalformed)
+	_, err = b.PostWelcome(ctx, "convo", append(bytes.Clone(w), 0))
+	wantCode(t, err, kpd.CodeMalformed)
+	_, err = b.PostWelcome(ctx, "convo", fixture(t, 77).Welcome.Message)
+	wantCode(t, err, kpd.CodeUnsupportedCipherSuite)
+	_, err = b.PostWelcome(ctx, "", w)
+	wantCode(t, err, kpd.CodeBadRequest)
+	_, err = b.PostWelcome(ctx, "tab\tin id", w)
+	wantCode(t, err, kpd.CodeBadRequest)
+	_, err = b.PostWelcome(ctx, strings.Repeat("x", kpd.MaxConvoIDLength+1), w)
+	wantCode(t, err, kpd.CodeBadRequest)
+	_, err = b.PostWelcome(ctx, "convo", nil)
+	wantCode(t, err, kpd.CodeBadRequest)
+}
+
+// TestClaimMisses covers NoKeyPackages, Exhausted, all_or_nothing and the
+// claim's input checks.
+func TestClaimMisses(t *testing.T) {
+	s := start(t)
+	ctx := context.Background()
+	a, b := s.as(alice), s.as(bob)
+	kp, ref := s.keyPackage(1, alice+"#dev1", false)
+	must(a.Publish(ctx, "dev1", [][]byte{kp}))(t)
+
+	// all_or_nothing with carol missing claims nothing.
+	_, err := b.Claim(ctx, client.ClaimRequest{CipherSuite: 1, AllOrNothing: true,
+		Targets: []kpd.ClaimTarget{{DID: alice}, {DID: carol}}})
+	e := wantCode(t, err, kpd.CodeConflict)
+	if len(e.Missing) != 1 || e.Missing[0].DID != carol || e.Missing[0].Reason != kpd.CodeNoKeyPackages {
+		t.Fatalf("missing = %+v, want carol NoKeyPackages", e.Missing)
+	}
+	if inv := must(a.Inventory(ctx, "dev1", false))(t); inv.Suites[0].Available != 1 || inv.Suites[0].Claimed != 0 {
+		t.Fatalf("all_or_nothing claimed something: %+v", inv.Suites)
+	}
+
+	res := must(b.Claim(ctx, client.ClaimRequest{CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: alice}, {DID: carol}}}))(t)
+	if len(res.KeyPackages) != 1 || res.KeyPackages[0].Ref != ref || len(res.Missing) != 1 || res.Missing[0].Reason != kpd.CodeNoKeyPackages {
+		t.Fatalf("claim = %+v, want alice's one and carol missing", res)
+	}
+	res = must(b.Claim(ctx, client.ClaimRequest{CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: alice}}}))(t)
+	if len(res.KeyPackages) != 0 || len(res.Missing) != 1 || res.Missing[0].Reason != kpd.CodeExhausted || res.Missing[0].Device != "dev1" {
+		t.Fatalf("second claim = %+v, want dev1 Exhausted", res)
+	}
+
+	_, err = b.Claim(ctx, client.ClaimRequest{CipherSuite: 77, Targets: []kpd.ClaimTarget{{DID: alice}}})
+	wantCode(t, err, kpd.CodeUnsupportedCipherSuite)
+	_, err = b.Claim(ctx, client.ClaimRequest{CipherSuite: 1})
+	wantCode(t, err, kpd.CodeBadRequest)
+	_, err = b.Claim(ctx, client.ClaimRequest{CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: alice}, {DID: "alice"}, {DID: alice}}})
+	e = wantCode(t, err, kpd.CodeBadRequest)
+	if len(e.Errors) != 2 || e.Errors[0].Index != 1 || e.Errors[1].Index != 2 {
+		t.Fatalf("errors = %+v, want indexes 1 (not a DID) and 2 (repeated)", e.Errors)
+	}
+	_, err = b.Claim(ctx, client.ClaimRequest{CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: alice, Devices: []string{"no/slash"}}}})
+	wantCode(t, err, kpd.CodeBadRequest)
+	_, err = b.Claim(ctx, client.ClaimRequest{CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: alice}}, ExcludeDevices: []string{""}})
+	wantCode(t, err, kpd.CodeBadRequest)
+
+	// A missing cipher_suite is a BadRequest, a name is accepted.
+	resp := s.do("POST", "/v1/key-packages/claim", bob, "application/json", []byte(`{"targets":[{"did":"`+alice+`"}]}`))
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("claim without cipher_suite: status %d", resp.StatusCode)
+	}
+	resp = s.do("POST", "/v1/key-packages/claim", bob, "application/json",
+		[]byte(`{"cipher_suite":"MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519","targets":[{"did":"`+alice+`"}]}`))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("claim with a suite name: status %d", resp.StatusCode)
+	}
+	resp = s.do("POST", "/v1/key-packages/claim", bob, "application/json",
+		[]byte(`{"cipher_suite":"MLS_NO_SUCH_SUITE","targets":[{"did":"`+alice+`"}]}`))
+	if resp.StatusCode != http.StatusUnprocessableEntity {
+		t.Fatalf("claim with an unknown suite name: status %d", resp.StatusCode)
+	}
+}

@@ -1,0 +1,333 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/auth"
+	"github.com/kpd-dir/kpd/client"
+	"github.com/kpd-dir/kpd/httpapi"
+	"github.com/kpd-dir/kpd/kv"
+	"github.com/kpd-dir/kpd/mls"
+	"github.com/kpd-dir/kpd/mls/mlstest"
+)
+
+// DIDs of the tests. Alice's is the identity of the fixtures' KeyPackages.
+const (
+	alice = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+	bob   = "did:plc:bobbobbobbobbobbobbobbob"
+	carol = "did:plc:carolcarolcarolcarolcaro"
+)
+
+// fixtureKP is one KeyPackage of testdata/mls/tsmls-fixtures.json.
+type fixtureKP struct {
+	Bare       []byte `json:"key_package_b64"`
+	Message    []byte `json:"mls_message_b64"`
+	RefHex     string `json:"ref_hex"`
+	Identity   string `json:"identity"`
+	NotBefore  int64  `json:"not_before"`
+	NotAfter   int64  `json:"not_after"`
+	LastResort bool   `json:"last_resort"`
+}
+
+func (k fixtureKP) ref() kpd.Ref { return kpd.Ref(k.RefHex) }
+
+// fixtureSuite is one suite's fixtures.
+type fixtureSuite struct {
+	ID          uint16               `json:"id"`
+	Name        string               `json:"name"`
+	KeyPackages map[string]fixtureKP `json:"key_packages"`
+	Invalid     struct {
+		BadSignature  []byte `json:"bad_signature_b64"`
+		Truncated     []byte `json:"truncated_b64"`
+		TrailingBytes []byte `json:"trailing_bytes_b64"`
+	} `json:"invalid"`
+	Welcome struct {
+		Message []byte   `json:"mls_message_b64"`
+		Refs    []string `json:"new_member_refs_hex"`
+	} `json:"welcome"`
+}
+
+// loadFixtures parses the fixtures once; they are only read afterwards.
+var loadFixtures = sync.OnceValues(func() (map[uint16]*fixtureSuite, error) {
+	raw, err := os.ReadFile("../testdata/mls/tsmls-fixtures.json")
+	if err != nil {
+		return nil, err
+	}
+	var doc struct {
+		Suites []*fixtureSuite `json:"suites"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return nil, err
+	}
+	m := make(map[uint16]*fixtureSuite, len(doc.Suites))
+	for _, s := range doc.Suites {
+		m[s.ID] = s
+	}
+	return m, nil
+})
+
+// fixture returns the fixtures of one suite.
+func fixture(t testing.TB, suite uint16) *fixtureSuite {
+	t.Helper()
+	fx, err := loadFixtures()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, ok := fx[suite]
+	if !ok {
+		t.Fatalf("no fixtures for suite %d", suite)
+	}
+	return s
+}
+
+// fixtureNow is a time at which every valid fixture KeyPackage is valid:
+// alice_dev1's not_before plus one hour.
+func fixtureNow(t testing.TB) time.Time {
+	return time.Unix(fixture(t, 1).KeyPackages["alice_dev1"].NotBefore, 0).Add(time.Hour)
+}
+
+// extraSuites configures the fixtures' private code points 77 and 83.
+var extraSuites = []string{"77=sha256:ed25519", "83=sha512:ed25519"}
+
+// options configure a test server.
+type options struct {
+	kv        kv.Options
+	limits    httpapi.Limits
+	policy    httpapi.Policy
+	suites    []string
+	tokenAuth bool
+	authn     func(auth.Authenticator) auth.Authenticator // wraps the authenticator
+	ready     func(context.Context) error
+	wrap      func(kpd.Store) kpd.Store
+	rates     httpapi.RateLimiter
+}
+
+// testServer is the real handler on a real kv file, served on 127.0.0.1.
+type testServer struct {
+	t        testing.TB
+	URL      string
+	db       *kv.DB
+	registry *mls.Registry
+	now      time.Time
+	logs     *syncBuffer
+}
+
+// start serves httpapi.New on a fresh kv database in t.TempDir(), with dev
+// authentication unless tokenAuth is set and the clock at fixtureNow. The
+// store's invariants are verified when the test ends.
+func start(t testing.TB, opts ...func(*options)) *testServer {
+	t.Helper()
+	o := options{policy: httpapi.Policy{MaxLifetime: mls.DefaultMaxLifetime, ClockSkew: mls.DefaultClockSkew}}
+	for _, f := range opts {
+		f(&o)
+	}
+	now := fixtureNow(t)
+	clock := func() time.Time { return now }
+	o.kv.Clock = clock
+	db, err := kv.Open(filepath.Join(t.TempDir(), "kpd.db"), &o.kv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	registry := mls.NewRegistry()
+	for _, spec := range o.suites {
+		if err := registry.Add(spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var store kpd.Store = db
+	if o.wrap != nil {
+		store = o.wrap(db)
+	}
+	var authn auth.Authenticator = auth.NewDevAuth()
+	if o.tokenAuth {
+		authn = auth.NewTokenAuth(db)
+	}
+	if o.authn != nil {
+		authn = o.authn(authn)
+	}
+	logs := &syncBuffer{}
+	srv := httptest.NewServer(httpapi.New(httpapi.Config{
+		Store:      store,
+		Auth:       authn,
+		Registry:   registry,
+		Policy:     o.policy,
+		Limits:     o.limits,
+		Clock:      clock,
+		Logger:     zerolog.New(logs),
+		Ready:      o.ready,
+		RateLimits: o.rates,
+	}))
+	t.Cleanup(func() {
+		srv.Close()
+		violations, err := db.Verify(context.Background())
+		if err != nil {
+			t.Errorf("verify: %v", err)
+		}
+		for _, v := range violations {
+			t.Errorf("invariant violated: %v", v)
+		}
+		if err := db.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return &testServer{t: t, URL: srv.URL, db: db, registry: registry, now: now, logs: logs}
+}
+
+// as returns a client authenticated as did (dev authentication).
+func (s *testServer) as(did string, opts ...client.Option) *client.Client {
+	return client.New(s.URL, did, opts...)
+}
+
+// suite returns a configured suite.
+func (s *testServer) suite(id uint16) mls.Suite {
+	s.t.Helper()
+	suite, ok := s.registry.Lookup(mls.CipherSuite(id))
+	if !ok {
+		s.t.Fatalf("suite %d is not configured", id)
+	}
+	return suite
+}
+
+// keyPackage makes a real signed KeyPackage of suite for identity, valid at
+// the server's time.
+func (s *testServer) keyPackage(suite uint16, identity string, lastResort bool) ([]byte, kpd.Ref) {
+	s.t.Helper()
+	return s.keyPackageWith(suite, mlstest.Options{Identity: identity, LastResort: lastResort})
+}
+
+// keyPackageWith makes a KeyPackage with o, its lifetime defaulting to one
+// valid at the server's time.
+func (s *testServer) keyPackageWith(suite uint16, o mlstest.Options) ([]byte, kpd.Ref) {
+	s.t.Helper()
+	if o.NotBefore.IsZero() {
+		o.NotBefore = s.now.Add(-time.Hour)
+	}
+	if o.NotAfter.IsZero() {
+		o.NotAfter = s.now.Add(30 * 24 * time.Hour)
+	}
+	bare, ref, err := mlstest.KeyPackage(s.suite(suite), o)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return bare, kpd.RefOf(ref)
+}
+
+// welcome makes a Welcome of suite naming refs.
+func (s *testServer) welcome(suite mls.Suite, refs ...kpd.Ref) []byte {
+	s.t.Helper()
+	raw := make([][]byte, len(refs))
+	for i, r := range refs {
+		b, err := r.Bytes()
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		raw[i] = b
+	}
+	w, err := mlstest.Welcome(suite, raw...)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return w
+}
+
+// do sends a raw request (for what the client cannot express) as did.
+func (s *testServer) do(method, path, did, contentType string, body []byte, header ...string) *http.Response {
+	s.t.Helper()
+	req, err := http.NewRequest(method, s.URL+path, bytes.NewReader(body))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if did != "" {
+		req.Header.Set("Authorization", "Bearer "+did)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+// wantCode asserts that err is a *client.Error with code and the status
+// StatusOf gives it, and returns it.
+func wantCode(t testing.TB, err error, code kpd.Code) *client.Error {
+	t.Helper()
+	var e *client.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("err = %v, want a %s problem", err, code)
+	}
+	if e.Code != code || e.Status != httpapi.StatusOf(code) {
+		t.Fatalf("err = %v (status %d), want code %s with status %d", err, e.Status, code, httpapi.StatusOf(code))
+	}
+	return e
+}
+
+// must returns v, failing the test on err: must(c.Publish(...))(t).
+func must[T any](v T, err error) func(testing.TB) T {
+	return func(t testing.TB) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+}
+
+// syncBuffer is a bytes.Buffer that the server's logger and the test may
+// use concurrently.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// logLines returns the server's log lines as JSON objects.
+func (s *testServer) logLines() []map[string]any {
+	s.t.Helper()
+	var lines []map[string]any
+	for _, l := range bytes.Split([]byte(s.logs.String()), []byte("\n")) {
+		if len(l) == 0 {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal(l, &m); err != nil {
+			s.t.Fatalf("log line %q: %v", l, err)
+		}
+		lines = append(lines, m)
+	}
+	return lines
+}
+
+// b64 is standard base64, for hand-written JSON bodies.
+func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }

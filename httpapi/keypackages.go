@@ -1,0 +1,215 @@
+package httpapi
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/mls"
+)
+
+// registerKeyPackages registers the routes of a device's KeyPackages.
+func (s *server) registerKeyPackages() {
+	const path = "/v1/devices/{device}/key-packages"
+	s.handle(http.MethodPost, path, kpd.OpPublishKeyPackages, s.publish)
+	s.handle(http.MethodGet, path, kpd.OpGetInventory, s.inventory)
+	s.handle(http.MethodDelete, path, kpd.OpDeleteKeyPackages, s.deleteKeyPackages)
+	s.handle(http.MethodPost, path+"/sync", kpd.OpSyncKeyPackages, s.syncKeyPackages)
+}
+
+type publishRequest struct {
+	KeyPackages []byteString `json:"key_packages"`
+}
+
+type publishResponse struct {
+	Results   []kpd.PublishResult `json:"results"`
+	Inventory *kpd.Inventory      `json:"inventory"`
+}
+
+// publish validates a batch of KeyPackages and stores it whole, or nothing:
+// if any item is invalid the problem's code is the first invalid item's and
+// `errors` lists every invalid item.
+func (s *server) publish(w http.ResponseWriter, r *request) error {
+	var req publishRequest
+	if err := decode(r.Request, &req); err != nil {
+		return err
+	}
+	switch n := len(req.KeyPackages); {
+	case n == 0:
+		return kpd.Errorf(kpd.CodeBadRequest, "key_packages is empty")
+	case n > s.limits.MaxPublishBatch:
+		return kpd.Errorf(kpd.CodePayloadTooLarge, "%d KeyPackages in one request; at most %d", n, s.limits.MaxPublishBatch)
+	}
+	// Charged before validation: signature checks are the expensive part.
+	if s.rates != nil {
+		if err := s.rates.Publish(r.caller, len(req.KeyPackages)); err != nil {
+			return err
+		}
+	}
+	policy := s.mlsPolicy()
+	kps := make([]kpd.KeyPackage, 0, len(req.KeyPackages))
+	var items []kpd.ItemError
+	for i, b := range req.KeyPackages {
+		if len(b) > s.limits.MaxKeyPackageBytes {
+			items = append(items, kpd.ItemError{Index: i, Code: kpd.CodePayloadTooLarge,
+				Detail: fmt.Sprintf("KeyPackage of %d bytes; at most %d", len(b), s.limits.MaxKeyPackageBytes)})
+			continue
+		}
+		v, err := s.registry.ValidateKeyPackage(b, r.caller, policy)
+		if err != nil {
+			if kpd.ErrorCode(err) == kpd.CodeInternal {
+				return err
+			}
+			items = append(items, kpd.ItemError{Index: i, Code: kpd.ErrorCode(err), Detail: kpd.ErrorMessage(err)})
+			continue
+		}
+		kps = append(kps, kpd.KeyPackage{
+			Ref:         kpd.RefOf(v.Ref),
+			DID:         r.caller,
+			Device:      r.device,
+			CipherSuite: uint16(v.Suite.ID),
+			Data:        b,
+			LastResort:  v.LastResort,
+			NotBefore:   v.NotBefore,
+			NotAfter:    v.NotAfter,
+		})
+	}
+	if len(items) > 0 {
+		return &kpd.Error{
+			Code:    items[0].Code,
+			Message: fmt.Sprintf("%d of %d KeyPackages are invalid; nothing was stored", len(items), len(req.KeyPackages)),
+			Items:   items,
+		}
+	}
+	results, inv, err := s.store.Publish(r.Context(), r.caller, r.device, kps)
+	if err != nil {
+		return err
+	}
+	return s.respond(w, r.Request, http.StatusOK, publishResponse{Results: nonNil(results), Inventory: inventory(inv)})
+}
+
+// mlsPolicy is the validation policy at the current time.
+func (s *server) mlsPolicy() mls.Policy {
+	return mls.Policy{
+		Now:               s.clock.Now(),
+		MaxLifetime:       s.policy.MaxLifetime,
+		ClockSkew:         s.policy.ClockSkew,
+		AllowX509:         s.policy.AllowX509,
+		SkipIdentityCheck: s.policy.SkipIdentityCheck,
+	}
+}
+
+// inventoryResponse is an inventory and, with ?list=1, every KeyPackage.
+type inventoryResponse struct {
+	kpd.Inventory
+	KeyPackages []kpd.KeyPackageInfo `json:"key_packages,omitzero"`
+}
+
+// inventory returns the device's counts and, with ?list=1, its
+// KeyPackages. 404 NotFound for a device the caller does not have.
+func (s *server) inventory(w http.ResponseWriter, r *request) error {
+	list := false
+	if v := r.URL.Query().Get("list"); v != "" {
+		var err error
+		if list, err = strconv.ParseBool(v); err != nil {
+			return kpd.Errorf(kpd.CodeBadRequest, "list=%q: want 1 or 0", v)
+		}
+	}
+	inv, kps, err := s.store.Inventory(r.Context(), r.caller, r.device, list)
+	if err != nil {
+		return err
+	}
+	resp := inventoryResponse{Inventory: *inventory(inv)}
+	if list {
+		resp.KeyPackages = nonNil(kps)
+	}
+	return s.respond(w, r.Request, http.StatusOK, resp)
+}
+
+// refsRequest is the body of delete and sync.
+type refsRequest struct {
+	Refs []kpd.Ref `json:"refs"`
+}
+
+type deleteResponse struct {
+	Deleted   int            `json:"deleted"`
+	Inventory *kpd.Inventory `json:"inventory"`
+}
+
+// deleteKeyPackages deletes the listed available KeyPackages of the
+// device; without a body (or without refs) every available one, last
+// resorts included.
+func (s *server) deleteKeyPackages(w http.ResponseWriter, r *request) error {
+	var req refsRequest
+	if _, err := decodeOptional(r.Request, &req); err != nil {
+		return err
+	}
+	refs, err := checkRefs(req.Refs)
+	if err != nil {
+		return err
+	}
+	n, inv, err := s.store.DeleteKeyPackages(r.Context(), r.caller, r.device, refs)
+	if err != nil {
+		return err
+	}
+	return s.respond(w, r.Request, http.StatusOK, deleteResponse{Deleted: n, Inventory: inventory(inv)})
+}
+
+// syncKeyPackages keeps the listed KeyPackages and deletes the device's
+// other available ones; refs is required (an empty list deletes them all).
+func (s *server) syncKeyPackages(w http.ResponseWriter, r *request) error {
+	var req refsRequest
+	if err := decode(r.Request, &req); err != nil {
+		return err
+	}
+	if req.Refs == nil {
+		return kpd.Errorf(kpd.CodeBadRequest, "refs is required (an empty list keeps nothing)")
+	}
+	refs, err := checkRefs(req.Refs)
+	if err != nil {
+		return err
+	}
+	res, err := s.store.Sync(r.Context(), r.caller, r.device, refs)
+	if err != nil {
+		return err
+	}
+	res.Deleted, res.Unknown, res.Pending = nonNil(res.Deleted), nonNil(res.Unknown), nonNil(res.Pending)
+	res.Inventory = inventory(res.Inventory)
+	return s.respond(w, r.Request, http.StatusOK, res)
+}
+
+// maxRefHexLength is the hex length of the longest KeyPackageRef (SHA-512).
+const maxRefHexLength = 128
+
+// checkRefs returns refs in lowercase, or BadRequest listing every entry
+// that is not a hex KeyPackageRef. nil stays nil.
+func checkRefs(refs []kpd.Ref) ([]kpd.Ref, error) {
+	if refs == nil {
+		return nil, nil
+	}
+	out := make([]kpd.Ref, len(refs))
+	var items []kpd.ItemError
+	for i, ref := range refs {
+		lower := strings.ToLower(string(ref))
+		out[i] = kpd.Ref(lower)
+		if len(lower) == 0 || len(lower) > maxRefHexLength || len(lower)%2 != 0 || !isLowerHex(lower) {
+			items = append(items, kpd.ItemError{Index: i, Code: kpd.CodeBadRequest, Detail: "not a hex KeyPackageRef"})
+		}
+	}
+	if len(items) > 0 {
+		return nil, &kpd.Error{Code: kpd.CodeBadRequest, Message: "invalid refs", Items: items}
+	}
+	return out, nil
+}
+
+// inventory returns inv with its suites as a list, never null; a nil inv
+// becomes an empty inventory.
+func inventory(inv *kpd.Inventory) *kpd.Inventory {
+	if inv == nil {
+		inv = &kpd.Inventory{}
+	}
+	inv.Suites = nonNil(inv.Suites)
+	return inv
+}
