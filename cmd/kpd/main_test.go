@@ -1,0 +1,381 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/client"
+	"github.com/kpd-dir/kpd/kv"
+)
+
+const aliceDID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+
+// fixture is alice_dev1 of suite 1 from testdata/mls, with the time at which
+// it is valid.
+type fixture struct {
+	keyPackage []byte
+	ref        kpd.Ref
+	now        time.Time
+}
+
+func loadFixture(t *testing.T) fixture {
+	t.Helper()
+	raw, err := os.ReadFile("../../testdata/mls/tsmls-fixtures.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Suites []struct {
+			ID          int `json:"id"`
+			KeyPackages map[string]struct {
+				MLSMessage string `json:"mls_message_b64"`
+				Ref        string `json:"ref_hex"`
+				NotBefore  int64  `json:"not_before"`
+			} `json:"key_packages"`
+		} `json:"suites"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	kp := doc.Suites[0].KeyPackages["alice_dev1"]
+	b, err := base64.StdEncoding.DecodeString(kp.MLSMessage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fixture{keyPackage: b, ref: kpd.Ref(kp.Ref), now: time.Unix(kp.NotBefore, 0).Add(time.Hour)}
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's logger and the test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// newMain returns a Main with captured output, an environment of its own and
+// the fixture's clock.
+func newMain(env map[string]string, now time.Time) (*Main, *syncBuffer, *syncBuffer) {
+	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	m := &Main{
+		Stdout: stdout,
+		Stderr: stderr,
+		Getenv: func(k string) string { return env[k] },
+		Clock:  func() time.Time { return now },
+	}
+	return m, stdout, stderr
+}
+
+// startServe runs `kpd serve` in-process and stops it when the test ends.
+func startServe(t *testing.T, m *Main, args ...string) string {
+	t.Helper()
+	if err := m.Run(context.Background(), append([]string{"serve"}, args...)); err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return "http://" + m.Addr()
+}
+
+func TestServeReadsEnvironment(t *testing.T) {
+	fx := loadFixture(t)
+	dbPath := filepath.Join(t.TempDir(), "env.db")
+	m, _, stderr := newMain(map[string]string{
+		"KPD_DB":     dbPath,
+		"KPD_LISTEN": "127.0.0.1:0",
+		"KPD_AUTH":   "dev",
+	}, fx.now)
+	url := startServe(t, m)
+
+	if !strings.Contains(stderr.String(), "kpd listening on "+url) {
+		t.Errorf("start-up log does not name the address %s:\n%s", url, stderr)
+	}
+	if _, err := os.Stat(dbPath); err != nil {
+		t.Errorf("KPD_DB not used: %v", err)
+	}
+	c := client.New(url, aliceDID)
+	ctx := context.Background()
+	if err := c.Ready(ctx); err != nil {
+		t.Fatalf("ready: %v", err)
+	}
+	res, err := c.Publish(ctx, "dev1", [][]byte{fx.keyPackage})
+	if err != nil {
+		t.Fatalf("publish with dev auth: %v", err)
+	}
+	if got := res.Results[0].Ref; got != fx.ref {
+		t.Errorf("ref = %s, want %s", got, fx.ref)
+	}
+	if logs := stderr.String(); !strings.Contains(logs, `"did":"`+aliceDID+`"`) ||
+		!strings.Contains(logs, `"route":"/v1/devices/{device}/key-packages"`) {
+		t.Errorf("request log lacks the caller or the route:\n%s", logs)
+	}
+}
+
+func TestFlagsWinOverEnvironment(t *testing.T) {
+	fx := loadFixture(t)
+	m, _, _ := newMain(map[string]string{"KPD_LISTEN": "127.0.0.1:1", "KPD_AUTH": "dev"}, fx.now)
+	startServe(t, m, "--db", filepath.Join(t.TempDir(), "f.db"), "--listen", "127.0.0.1:0")
+	if strings.HasSuffix(m.Addr(), ":1") {
+		t.Fatalf("environment won over the flag: listening on %s", m.Addr())
+	}
+}
+
+func TestSecondServerOnSameDatabaseFails(t *testing.T) {
+	fx := loadFixture(t)
+	dbPath := filepath.Join(t.TempDir(), "busy.db")
+	first, _, _ := newMain(nil, fx.now)
+	startServe(t, first, "--db", dbPath, "--listen", "127.0.0.1:0")
+
+	second, _, _ := newMain(nil, fx.now)
+	err := second.Run(context.Background(), []string{"serve", "--db", dbPath, "--listen", "127.0.0.1:0"})
+	defer second.Close()
+	if !errors.Is(err, kv.ErrInUse) {
+		t.Fatalf("second serve: err = %v, want kv.ErrInUse", err)
+	}
+	if !strings.Contains(err.Error(), dbPath) {
+		t.Errorf("error %q does not name the file", err)
+	}
+}
+
+func TestDevAuthRequiresLoopback(t *testing.T) {
+	m, _, _ := newMain(nil, time.Now())
+	err := m.Run(context.Background(), []string{"serve", "--auth", "dev", "--listen", "0.0.0.0:0",
+		"--db", filepath.Join(t.TempDir(), "x.db")})
+	defer m.Close()
+	if !errors.Is(err, errUsage) {
+		t.Fatalf("err = %v, want a usage error", err)
+	}
+	if exitCode(err) != 2 {
+		t.Errorf("exit code = %d, want 2", exitCode(err))
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"frobnicate"},
+		{"serve", "--no-such-flag"},
+		{"serve", "--auth", "magic"},
+		{"serve", "--suite", "0x0053=md5:ed25519"},
+		{"serve", "--log-level", "loud"},
+		{"token"},
+		{"token", "create", "--did", "alice"},
+		{"token", "revoke"},
+	} {
+		m, _, _ := newMain(nil, time.Now())
+		err := m.Run(context.Background(), args)
+		m.Close()
+		if exitCode(err) != 2 {
+			t.Errorf("kpd %v: err = %v, want exit status 2", args, err)
+		}
+	}
+}
+
+func TestTokenLifecycle(t *testing.T) {
+	fx := loadFixture(t)
+	ctx := context.Background()
+	dbPath := filepath.Join(t.TempDir(), "tokens.db")
+	env := map[string]string{"KPD_DB": dbPath}
+
+	create, stdout, _ := newMain(env, fx.now)
+	if err := create.Run(ctx, []string{"token", "create", "--did", aliceDID, "--label", "laptop"}); err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(stdout.String())
+	if token == "" {
+		t.Fatal("token create printed no token")
+	}
+
+	list, listOut, _ := newMain(env, fx.now)
+	if err := list.Run(ctx, []string{"token", "list"}); err != nil {
+		t.Fatal(err)
+	}
+	if out := listOut.String(); !strings.Contains(out, aliceDID) || !strings.Contains(out, "laptop") || strings.Contains(out, token) {
+		t.Fatalf("token list output wrong (or shows the token):\n%s", out)
+	}
+	id := strings.Fields(strings.Split(listOut.String(), "\n")[1])[0]
+
+	// The token authenticates Alice against a token-auth server.
+	srv, _, _ := newMain(env, fx.now)
+	srvLog := &syncBuffer{}
+	srv.Stderr = srvLog
+	url := startServe(t, srv, "--listen", "127.0.0.1:0")
+	if _, err := client.New(url, token).Publish(ctx, "dev1", [][]byte{fx.keyPackage}); err != nil {
+		t.Fatalf("publish with token: %v", err)
+	}
+	var cerr *client.Error
+	if _, err := client.New(url, token+"x").Devices(ctx); !errors.As(err, &cerr) || cerr.Code != kpd.CodeUnauthorized {
+		t.Fatalf("wrong token: err = %v, want Unauthorized", err)
+	}
+	if strings.Contains(srvLog.String(), token) || !strings.Contains(srvLog.String(), aliceDID) {
+		t.Errorf("server log leaks the token or lacks the caller:\n%s", srvLog)
+	}
+	// While the server holds the file, token commands fail clearly.
+	busy, _, _ := newMain(env, fx.now)
+	if err := busy.Run(ctx, []string{"token", "list"}); !errors.Is(err, kv.ErrInUse) {
+		t.Fatalf("token list on a busy database: err = %v, want kv.ErrInUse", err)
+	}
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	revoke, _, _ := newMain(env, fx.now)
+	if err := revoke.Run(ctx, []string{"token", "revoke", id}); err != nil {
+		t.Fatalf("revoke %s: %v", id, err)
+	}
+	again, _, _ := newMain(env, fx.now)
+	if err := again.Run(ctx, []string{"token", "revoke", id}); exitCode(err) != 1 {
+		t.Fatalf("revoking twice: err = %v, want a failure", err)
+	}
+
+	srv2, _, _ := newMain(env, fx.now)
+	url = startServe(t, srv2, "--listen", "127.0.0.1:0")
+	if _, err := client.New(url, token).Devices(ctx); !errors.As(err, &cerr) || cerr.Code != kpd.CodeUnauthorized {
+		t.Fatalf("revoked token: err = %v, want Unauthorized", err)
+	}
+}
+
+func TestVerifyCommand(t *testing.T) {
+	fx := loadFixture(t)
+	ctx := context.Background()
+	dbPath := filepath.Join(t.TempDir(), "verify.db")
+
+	srv, _, _ := newMain(nil, fx.now)
+	url := startServe(t, srv, "--db", dbPath, "--listen", "127.0.0.1:0", "--auth", "dev")
+	if _, err := client.New(url, aliceDID).Publish(ctx, "dev1", [][]byte{fx.keyPackage}); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	m, stdout, _ := newMain(nil, fx.now)
+	if err := m.Run(ctx, []string{"verify", "--db", dbPath}); err != nil {
+		t.Fatalf("verify: %v\n%s", err, stdout)
+	}
+	if !strings.Contains(stdout.String(), ": ok") {
+		t.Errorf("verify output = %q", stdout)
+	}
+
+	missing, _, _ := newMain(nil, fx.now)
+	if err := missing.Run(ctx, []string{"verify", "--db", filepath.Join(t.TempDir(), "absent.db")}); exitCode(err) != 1 {
+		t.Errorf("verify of a missing file: err = %v, want exit status 1", err)
+	}
+	if got := exitCode(errViolations); got != 1 {
+		t.Errorf("exit code for violations = %d, want 1", got)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	m, stdout, _ := newMain(nil, time.Now())
+	if err := m.Run(context.Background(), []string{"version"}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(stdout.String(), "kpd ") {
+		t.Errorf("version output = %q", stdout)
+	}
+}
+
+func TestParseDuration(t *testing.T) {
+	for in, want := range map[string]time.Duration{
+		"90d": 90 * 24 * time.Hour, "0": 0, "30": 30 * time.Second, "1h30m": 90 * time.Minute, "0.5d": 12 * time.Hour,
+	} {
+		got, err := parseDuration(in)
+		if err != nil || got != want {
+			t.Errorf("parseDuration(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "soon", "-1h", "-2d", "d"} {
+		if _, err := parseDuration(in); err == nil {
+			t.Errorf("parseDuration(%q) succeeded", in)
+		}
+	}
+}
+
+// TestSIGTERMShutsDownCleanly runs the real binary: SIGTERM drains, closes the
+// database (so another process can open it) and exits 0.
+func TestSIGTERMShutsDownCleanly(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "kpd")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	dbPath := filepath.Join(dir, "sig.db")
+	cmd := exec.Command(bin, "serve", "--db", dbPath, "--listen", "127.0.0.1:0", "--auth", "dev")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+
+	addrRE := regexp.MustCompile(`kpd listening on (http://127\.0\.0\.1:\d+)`)
+	lines := bufio.NewScanner(stderr)
+	var url string
+	for lines.Scan() {
+		if m := addrRE.FindStringSubmatch(lines.Text()); m != nil {
+			url = m[1]
+			break
+		}
+	}
+	if url == "" {
+		t.Fatal("no start-up line with the address")
+	}
+	go func() {
+		for lines.Scan() {
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := client.New(url, aliceDID).Health(ctx); err != nil {
+		t.Fatalf("health: %v", err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- cmd.Wait() }()
+	select {
+	case err := <-waitErr:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("kpd did not exit after SIGTERM")
+	}
+	db, err := kv.Open(dbPath, &kv.Options{OpenTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("database still locked after shutdown: %v", err)
+	}
+	db.Close()
+}

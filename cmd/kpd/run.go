@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/kv"
+)
+
+// version is set at build time with -ldflags "-X main.version=…"; when empty
+// the module version from the build info is used.
+var version string
+
+// Main is the kpd program. Run executes one command; for `serve` it returns
+// once the server is listening, Wait blocks until it should stop, and Close
+// shuts it down in order (stop accepting, drain requests, close the
+// database).
+type Main struct {
+	Stdout io.Writer
+	Stderr io.Writer
+	// Getenv reads the environment (KPD_* variables); os.Getenv by default.
+	Getenv func(string) string
+	// Clock is injected into the store and validation; nil means time.Now.
+	Clock kpd.Clock
+
+	db              *kv.DB
+	ln              net.Listener
+	srv             *http.Server
+	served          chan error
+	logger          zerolog.Logger
+	shutdownTimeout time.Duration
+}
+
+// NewMain returns a Main wired to the process's standard streams and
+// environment.
+func NewMain() *Main {
+	return &Main{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv}
+}
+
+const usage = `kpd: a directory of MLS KeyPackages and Welcome messages
+
+usage:
+  kpd serve [flags]           run the server (kpd serve -h lists the flags)
+  kpd token create --did DID  create an API token (printed once)
+  kpd token list              list tokens (ids, DIDs, creation times)
+  kpd token revoke ID         revoke a token
+  kpd verify --db FILE        check every store invariant (exit 1 on a violation)
+  kpd version                 print the version
+`
+
+// Run executes the command named by args[0].
+func (m *Main) Run(ctx context.Context, args []string) error {
+	if m.Getenv == nil {
+		m.Getenv = os.Getenv
+	}
+	if len(args) == 0 {
+		fmt.Fprint(m.Stderr, usage)
+		return usageErrorf("no command given")
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "serve":
+		return m.serve(ctx, rest)
+	case "token":
+		return m.token(ctx, rest)
+	case "verify":
+		return m.verify(ctx, rest)
+	case "version":
+		fmt.Fprintln(m.Stdout, "kpd", versionString())
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(m.Stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(m.Stderr, usage)
+		return usageErrorf("unknown command %q", cmd)
+	}
+}
+
+// Addr is the address the server listens on, once serve has started.
+func (m *Main) Addr() string {
+	if m.ln == nil {
+		return ""
+	}
+	return m.ln.Addr().String()
+}
+
+// Wait blocks until ctx is done or the server stops on its own; it returns
+// at once for commands other than serve.
+func (m *Main) Wait(ctx context.Context) error {
+	if m.served == nil {
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		m.logger.Info().Msg("shutting down")
+		return nil
+	case err := <-m.served:
+		m.served = nil
+		return err
+	}
+}
+
+// Close stops the server gracefully (in-flight requests may finish within the
+// shutdown timeout) and closes the database. It is safe to call more than once.
+func (m *Main) Close() error {
+	var errs []error
+	if m.srv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), m.shutdownTimeout)
+		if err := m.srv.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("shutdown: %w", err))
+		}
+		cancel()
+		m.srv = nil
+	}
+	if m.db != nil {
+		if err := m.db.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close database: %w", err))
+		}
+		m.db = nil
+	}
+	return errors.Join(errs...)
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
+// newStdLogger adapts the logger for net/http's own error messages.
+func newStdLogger(l zerolog.Logger) *log.Logger {
+	return log.New(stdLogWriter{l.With().Str("component", "http").Logger()}, "", 0)
+}
+
+type stdLogWriter struct{ l zerolog.Logger }
+
+func (w stdLogWriter) Write(p []byte) (int, error) {
+	w.l.Warn().Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}

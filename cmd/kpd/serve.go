@@ -1,0 +1,298 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/term"
+
+	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/auth"
+	"github.com/kpd-dir/kpd/auth/atproto"
+	"github.com/kpd-dir/kpd/httpapi"
+	"github.com/kpd-dir/kpd/kv"
+	"github.com/kpd-dir/kpd/mls"
+	"github.com/kpd-dir/kpd/ratelimit"
+)
+
+// serveConfig is everything `kpd serve` reads from flags and environment.
+type serveConfig struct {
+	db              string
+	listen          string
+	authMode        string
+	suites          listValue
+	maxLifetime     time.Duration
+	clockSkew       time.Duration
+	identityCheck   bool
+	allowX509       bool
+	lowWatermark    int
+	maxAvailable    int
+	maxDevices      int
+	claimRetention  time.Duration
+	logLevel        string
+	shutdownTimeout time.Duration
+
+	serviceDID   string
+	plcURL       string
+	maxTokenAge  time.Duration
+	trustedProxy listValue
+
+	publishLimit   string
+	claimPairLimit string
+	claimLimit     string
+}
+
+func (c *serveConfig) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.db, "db", "kpd.db", "database `file`")
+	fs.StringVar(&c.listen, "listen", "127.0.0.1:8080", "HTTP listen `address` (port 0 picks a free port)")
+	fs.StringVar(&c.authMode, "auth", "token", "authentication `mode`: token, atproto, proxy, or dev (dev: Bearer <did>, loopback only)")
+	fs.StringVar(&c.serviceDID, "service-did", "", "kpd's own `DID`, the audience of AT Protocol service tokens (required with --auth atproto)")
+	fs.StringVar(&c.plcURL, "plc-url", atproto.DefaultPLCURL, "PLC directory `URL` for resolving did:plc")
+	durationVar(fs, &c.maxTokenAge, "max-token-age", atproto.DefaultMaxTokenAge, "how far ahead an AT Protocol service token's exp may be")
+	fs.Var(&c.trustedProxy, "trusted-proxy", "`CIDR` or IP allowed to set Kpd-Authenticated-Did with --auth proxy (repeatable; default loopback)")
+	fs.StringVar(&c.publishLimit, "publish-limit", "1000/h", "KeyPackages one DID may publish: `RATE` as N/s, N/m or N/h, with an optional :BURST; off disables")
+	fs.StringVar(&c.claimPairLimit, "claim-pair-limit", "10/m:20", "claims by one claimer of one target DID (RATE, see --publish-limit)")
+	fs.StringVar(&c.claimLimit, "claim-limit", "10/s:200", "target DIDs one claimer may claim (RATE, see --publish-limit)")
+	fs.Var(&c.suites, "suite", "extra cipher suite `ID=HASH:SIG`, e.g. 0x0053=sha512:ed25519 (repeatable; comma-separated in the environment)")
+	durationVar(fs, &c.maxLifetime, "max-key-package-lifetime", 90*24*time.Hour, "longest accepted KeyPackage lifetime from now (0 = unlimited)")
+	durationVar(fs, &c.clockSkew, "clock-skew", time.Hour, "how far in the future a KeyPackage's not_before may be")
+	fs.BoolVar(&c.identityCheck, "identity-check", true, "require each credential to name the publishing DID (false only for test vectors)")
+	fs.BoolVar(&c.allowX509, "allow-x509", false, "accept x509 credentials (their identity is not checked against the DID)")
+	fs.IntVar(&c.lowWatermark, "low-watermark", 10, "available KeyPackages per device and suite at or below which a device should replenish")
+	fs.IntVar(&c.maxAvailable, "max-available", 200, "available KeyPackages per device and suite")
+	fs.IntVar(&c.maxDevices, "max-devices", 20, "devices per DID")
+	durationVar(fs, &c.claimRetention, "claim-retention", 30*24*time.Hour, "how long a claimed KeyPackage waits for its Welcome")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
+	durationVar(fs, &c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests")
+}
+
+// serve opens the database, binds the listener and starts serving in the
+// background. Bind and open errors are returned here, at start.
+func (m *Main) serve(ctx context.Context, args []string) error {
+	var c serveConfig
+	fs := newFlagSet("serve", m.Stderr, "serve [flags]")
+	c.register(fs)
+	if err := parseFlags(fs, args, m.Getenv); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageErrorf("serve: unexpected argument %q", fs.Arg(0))
+	}
+	logger, err := m.newLogger(c.logLevel)
+	if err != nil {
+		return err
+	}
+
+	registry := mls.NewRegistry()
+	for _, s := range c.suites {
+		if err := registry.Add(s); err != nil {
+			return usageErrorf("--suite %s: %v", s, err)
+		}
+	}
+
+	authn, err := c.authenticator(m.Clock)
+	if err != nil {
+		return err
+	}
+	rates, err := c.rateLimits(m.Clock)
+	if err != nil {
+		return err
+	}
+
+	db, err := kv.Open(c.db, &kv.Options{
+		Clock:                m.Clock,
+		LowWatermark:         c.lowWatermark,
+		MaxAvailablePerSuite: c.maxAvailable,
+		MaxDevicesPerDID:     c.maxDevices,
+		ClaimRetention:       c.claimRetention,
+	})
+	if err != nil {
+		return err
+	}
+	m.db = db
+	if authn == nil {
+		authn = auth.NewTokenAuth(db)
+	}
+
+	ln, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	m.ln = ln
+
+	handler := httpapi.New(httpapi.Config{
+		Store:    db,
+		Auth:     authn,
+		Registry: registry,
+		Policy: httpapi.Policy{
+			MaxLifetime:       c.maxLifetime,
+			ClockSkew:         c.clockSkew,
+			AllowX509:         c.allowX509,
+			SkipIdentityCheck: !c.identityCheck,
+		},
+		Clock:      m.Clock,
+		Logger:     logger,
+		Ready:      db.Ready,
+		RateLimits: rates,
+	})
+	m.srv = &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		// Long enough for a 60 s long-poll plus a slow client.
+		WriteTimeout:   90 * time.Second,
+		IdleTimeout:    120 * time.Second,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       newStdLogger(logger),
+		BaseContext:    func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	m.shutdownTimeout = c.shutdownTimeout
+	m.logger = logger
+
+	if c.authMode == "dev" {
+		logger.Warn().Msg("dev authentication: any 'Bearer <did>' is trusted; never expose this server")
+	}
+	if !c.identityCheck {
+		logger.Warn().Msg("identity check off: KeyPackage credentials are not matched against the publishing DID")
+	}
+	suiteIDs := make([]uint16, 0, len(registry.Suites()))
+	for _, s := range registry.Suites() {
+		suiteIDs = append(suiteIDs, uint16(s.ID))
+	}
+	logger.Info().
+		Str("addr", ln.Addr().String()).
+		Str("db", c.db).
+		Str("auth", c.authMode).
+		Uints16("suites", suiteIDs).
+		Msg("kpd listening on http://" + ln.Addr().String())
+
+	m.served = make(chan error, 1)
+	srv := m.srv
+	go func() {
+		err := srv.Serve(ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		m.served <- err
+	}()
+	return nil
+}
+
+// newLogger returns the process logger: zerolog JSON on stderr, or console
+// output when stderr is a terminal.
+func (m *Main) newLogger(level string) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil || level == "" {
+		return zerolog.Logger{}, usageErrorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	w := m.Stderr
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		w = zerolog.ConsoleWriter{Out: f, TimeFormat: time.RFC3339}
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// authenticator returns the Authenticator of --auth, or nil for token mode,
+// whose token store is the database opened later.
+func (c *serveConfig) authenticator(clock kpd.Clock) (auth.Authenticator, error) {
+	switch c.authMode {
+	case "token":
+		return nil, nil
+	case "dev":
+		if err := auth.CheckLoopback(c.listen); err != nil {
+			return nil, usageErrorf("--auth dev needs a loopback --listen address: %v", err)
+		}
+		return auth.NewDevAuth(), nil
+	case "proxy":
+		prefixes, err := auth.ParsePrefixes(c.trustedProxy)
+		if err != nil {
+			return nil, usageErrorf("--trusted-proxy: %v", err)
+		}
+		return auth.NewProxyAuth(prefixes)
+	case "atproto":
+		if c.serviceDID == "" {
+			return nil, usageErrorf("--auth atproto needs --service-did")
+		}
+		a, err := atproto.New(atproto.Config{
+			ServiceDID:  c.serviceDID,
+			PLCURL:      c.plcURL,
+			MaxTokenAge: c.maxTokenAge,
+			Clock:       clock,
+		})
+		if err != nil {
+			return nil, usageErrorf("%v", err)
+		}
+		return a, nil
+	default:
+		return nil, usageErrorf("--auth %q: want token, atproto, proxy or dev", c.authMode)
+	}
+}
+
+// rateLimits returns the rate-limit policy of the --*-limit flags.
+func (c *serveConfig) rateLimits(clock kpd.Clock) (httpapi.RateLimiter, error) {
+	var cfg ratelimit.Config
+	cfg.Clock = clock
+	for _, f := range []struct {
+		flag, spec string
+		dst        *ratelimit.Limit
+	}{
+		{"publish-limit", c.publishLimit, &cfg.Publish},
+		{"claim-pair-limit", c.claimPairLimit, &cfg.ClaimsPerPair},
+		{"claim-limit", c.claimLimit, &cfg.ClaimsPerClaimer},
+	} {
+		l, err := parseRate(f.spec)
+		if err != nil {
+			return nil, usageErrorf("--%s: %v", f.flag, err)
+		}
+		*f.dst = l
+	}
+	if cfg.Publish == ratelimit.Off && cfg.ClaimsPerPair == ratelimit.Off && cfg.ClaimsPerClaimer == ratelimit.Off {
+		return nil, nil
+	}
+	p, err := ratelimit.NewPolicy(cfg)
+	if err != nil {
+		return nil, usageErrorf("%v", err)
+	}
+	return p, nil
+}
+
+// parseRate parses a rate limit: N/s, N/m (or N/min) or N/h, optionally
+// followed by :BURST (default N); "off" or "0" turns the limit off.
+func parseRate(spec string) (ratelimit.Limit, error) {
+	spec = strings.TrimSpace(spec)
+	if spec == "off" || spec == "0" {
+		return ratelimit.Off, nil
+	}
+	rate, burstStr, hasBurst := strings.Cut(spec, ":")
+	nStr, unit, ok := strings.Cut(rate, "/")
+	n, err := strconv.Atoi(nStr)
+	if !ok || err != nil || n <= 0 {
+		return ratelimit.Limit{}, fmt.Errorf("%q: want N/s, N/m or N/h with an optional :BURST, or off", spec)
+	}
+	burst := n
+	if hasBurst {
+		if burst, err = strconv.Atoi(burstStr); err != nil || burst <= 0 {
+			return ratelimit.Limit{}, fmt.Errorf("%q: burst must be a positive integer", spec)
+		}
+	}
+	switch unit {
+	case "s":
+		return ratelimit.PerSecond(n, burst), nil
+	case "m", "min":
+		return ratelimit.PerMinute(n, burst), nil
+	case "h":
+		l := ratelimit.PerHour(n)
+		l.Burst = burst
+		return l, nil
+	}
+	return ratelimit.Limit{}, fmt.Errorf("%q: unit must be s, m or h", spec)
+}
