@@ -41,6 +41,9 @@ type Main struct {
 	served          chan error
 	logger          zerolog.Logger
 	shutdownTimeout time.Duration
+	// stopJobs stop the background jobs (scheduled backups); Close calls
+	// them after draining requests, before closing the database.
+	stopJobs []func()
 }
 
 // NewMain returns a Main wired to the process's standard streams and
@@ -57,6 +60,9 @@ usage:
   kpd token list              list tokens (ids, DIDs, creation times)
   kpd token revoke ID         revoke a token
   kpd verify --db FILE        check every store invariant (exit 1 on a violation)
+  kpd backup -o FILE          snapshot a running server (--url) or a database file (--db)
+  kpd restore --from FILE     verify a snapshot and replace the database (--db) with it
+  kpd compact [--db FILE]     rewrite a database file to reclaim free space
   kpd version                 print the version
 `
 
@@ -77,6 +83,12 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		return m.token(ctx, rest)
 	case "verify":
 		return m.verify(ctx, rest)
+	case "backup":
+		return m.backup(ctx, rest)
+	case "restore":
+		return m.restore(ctx, rest)
+	case "compact":
+		return m.compact(ctx, rest)
 	case "version":
 		fmt.Fprintln(m.Stdout, "kpd", versionString())
 		return nil
@@ -125,6 +137,10 @@ func (m *Main) Close() error {
 		cancel()
 		m.srv = nil
 	}
+	for _, stop := range m.stopJobs {
+		stop()
+	}
+	m.stopJobs = nil
 	if m.db != nil {
 		if err := m.db.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close database: %w", err))

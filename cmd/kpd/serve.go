@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +50,9 @@ type serveConfig struct {
 	publishLimit   string
 	claimPairLimit string
 	claimLimit     string
+
+	admin   adminTokenFlags
+	backups backupFlags
 }
 
 func (c *serveConfig) register(fs *flag.FlagSet) {
@@ -73,6 +77,8 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	durationVar(fs, &c.claimRetention, "claim-retention", 30*24*time.Hour, "how long a claimed KeyPackage waits for its Welcome")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	durationVar(fs, &c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests")
+	c.admin.register(fs, "bearer `token` of the admin routes (GET /v1/admin/backup), at least 16 characters; without one they are off")
+	c.backups.register(fs)
 }
 
 // serve opens the database, binds the listener and starts serving in the
@@ -105,6 +111,13 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 	}
 	rates, err := c.rateLimits(m.Clock)
 	if err != nil {
+		return err
+	}
+	adminToken, err := c.admin.serverToken()
+	if err != nil {
+		return err
+	}
+	if err := c.backups.check(); err != nil {
 		return err
 	}
 
@@ -144,8 +157,19 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 		Ready:      db.Ready,
 		RateLimits: rates,
 	})
+	// The admin routes have their own token. A snapshot is staged beside
+	// the database, on its file system rather than a /tmp that may live
+	// in memory.
+	mux := http.NewServeMux()
+	mux.Handle("/v1/admin/", httpapi.NewAdmin(httpapi.AdminConfig{
+		Token:     adminToken,
+		Snapshots: db,
+		SpoolDir:  filepath.Dir(c.db),
+		Logger:    logger,
+	}))
+	mux.Handle("/", handler)
 	m.srv = &http.Server{
-		Handler:           handler,
+		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		// Long enough for a 60 s long-poll plus a slow client.
@@ -174,6 +198,8 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 		Str("auth", c.authMode).
 		Uints16("suites", suiteIDs).
 		Msg("kpd listening on http://" + ln.Addr().String())
+
+	m.startBackups(ctx, c.backups, db, logger)
 
 	m.served = make(chan error, 1)
 	srv := m.srv
