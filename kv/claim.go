@@ -20,7 +20,10 @@ import (
 // if it ever had KeyPackages of the suite and NoKeyPackages otherwise. A
 // DID without devices is Missing (NoKeyPackages) as a whole, an unknown
 // named device as itself. With AllOrNothing and anything missing, nothing
-// is claimed and the error is a Conflict carrying Missing. BadRequest for
+// is claimed (and no event written) and the error is a Conflict carrying
+// Missing. A served last resort writes a last_resort.served event, and a
+// device whose available count falls across the low watermark or to zero
+// a key_packages.low or .exhausted one (see outbox.go). BadRequest for
 // invalid names.
 func (db *DB) Claim(ctx context.Context, req kpd.ClaimRequest) (*kpd.ClaimResult, error) {
 	if err := checkClaim(req); err != nil {
@@ -99,6 +102,7 @@ func (t *txn) planClaim(req kpd.ClaimRequest) ([]claimPick, []kpd.Missing, error
 				if key := string(index.DID(target.DID)); !seen[key] {
 					seen[key] = true
 					missing = append(missing, kpd.Missing{DID: target.DID, Reason: kpd.CodeNoKeyPackages})
+					t.note(func(o Observer) { o.ClaimMiss(kpd.CodeNoKeyPackages) })
 				}
 				continue
 			}
@@ -115,7 +119,9 @@ func (t *txn) planClaim(req kpd.ClaimRequest) ([]claimPick, []kpd.Missing, error
 				return nil, nil, err
 			}
 			if p.ref == nil {
-				missing = append(missing, kpd.Missing{DID: target.DID, Device: device, Reason: missingReason(p.dev, req.CipherSuite)})
+				reason := missingReason(p.dev, req.CipherSuite)
+				missing = append(missing, kpd.Missing{DID: target.DID, Device: device, Reason: reason})
+				t.note(func(o Observer) { o.ClaimMiss(reason) })
 			}
 			if p.ref != nil || len(p.expired) > 0 {
 				picks = append(picks, p)
@@ -169,7 +175,7 @@ func (t *txn) pick(did, device string, suite uint16) (claimPick, error) {
 }
 
 // applyClaim carries out planned picks: expired KeyPackages are deleted,
-// regular ones claimed, last resorts served.
+// regular ones claimed, last resorts served (an outbox event).
 func (t *txn) applyClaim(claimer string, picks []claimPick) ([]kpd.ClaimedKeyPackage, error) {
 	out := []kpd.ClaimedKeyPackage{}
 	for _, p := range picks {
@@ -182,16 +188,21 @@ func (t *txn) applyClaim(claimer string, picks []claimPick) ([]kpd.ClaimedKeyPac
 			n := *p.rec
 			if n.LastResort {
 				n.Served++
+				err := t.emit(eventRecord{Type: kpd.EventLastResortServed, DID: p.did, Device: p.device, Suite: n.Suite, Ref: p.ref})
+				if err != nil {
+					return nil, err
+				}
 			} else {
 				n.State, n.Claimer, n.ClaimedAt = kpd.StateClaimed, claimer, t.nowStamp()
 			}
 			if err := t.transition(p.ref, p.rec, &n, p.dev); err != nil {
 				return nil, err
 			}
+			t.note(func(o Observer) { o.Claimed(n.Suite, n.LastResort) })
 			out = append(out, kpd.ClaimedKeyPackage{DID: p.did, Device: p.device, Ref: kpd.RefOf(p.ref),
 				CipherSuite: n.Suite, KeyPackage: n.Data, LastResort: n.LastResort})
 		}
-		if err := t.putDevice(p.did, p.device, p.dev); err != nil {
+		if err := t.saveDevice(p.did, p.device, p.dev); err != nil {
 			return nil, err
 		}
 	}

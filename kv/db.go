@@ -7,7 +7,16 @@
 // consumed times, the KeyPackages of each device) and per-device counters
 // are updated in the same transaction as the record, by one function
 // (txn.transition) that derives a record's index entries and counters from
-// its state, so they cannot drift apart. Verify checks that they did not.
+// its state, so they cannot drift apart. Deliveries and Welcomes have their
+// index entries derived the same way (txn.saveDelivery, txn.saveWelcome),
+// and every saved record moves the store-wide counters (stats.go) by the
+// difference between what it contributed before and what it contributes
+// after. Verify checks records, indexes and counters against each other.
+//
+// Around the transactions: Sweep removes what has expired in bounded
+// batches; events go to an outbox in the transaction that causes them
+// (outbox.go); WaitWelcome wakes long-polls when a Welcome commits; an
+// Observer hears about every committed change, for metrics.
 package kv
 
 import (
@@ -30,6 +39,10 @@ const (
 	DefaultMaxDevicesPerDID     = 20
 	DefaultLowWatermark         = 10
 	DefaultClaimRetention       = 30 * 24 * time.Hour
+	DefaultConsumedRetention    = 30 * 24 * time.Hour
+	DefaultWelcomeRetention     = 30 * 24 * time.Hour
+	DefaultSweepBatchSize       = 1000
+	DefaultMaxOutbox            = 1_000_000
 
 	// DefaultMaxBatchSize and DefaultMaxBatchDelay tune group commit. A
 	// batch commits when it holds MaxBatchSize operations or MaxBatchDelay
@@ -65,11 +78,39 @@ type Options struct {
 	MaxAvailablePerSuite int
 	// MaxDevicesPerDID caps the devices of one DID; 0 means 20.
 	MaxDevicesPerDID int
-	// LowWatermark is reported in Inventory.LowWatermark; 0 means 10.
+	// LowWatermark is reported in Inventory.LowWatermark and is the
+	// threshold of key_packages.low events; 0 means 10.
 	LowWatermark int
 	// ClaimRetention is how long a claimed KeyPackage waits for its
-	// Welcome before the sweeper purges it; 0 means 30 days.
+	// Welcome before Sweep purges it; 0 means 30 days. One whose Welcome
+	// expired undelivered is purged on the same terms.
 	ClaimRetention time.Duration
+	// ConsumedRetention is how long Sweep keeps the metadata of consumed
+	// KeyPackages, finished deliveries (acked, rejected, expired) and
+	// Welcomes none of whose deliveries is left, counted from the
+	// consumption, the end of the delivery and the end of the Welcome's
+	// last delivery; 0 means 30 days.
+	ConsumedRetention time.Duration
+	// WelcomeRetention is how long a delivery may stay pending: Sweep
+	// marks older ones expired; 0 means 30 days.
+	WelcomeRetention time.Duration
+	// SweepBatchSize is the most index entries one of Sweep's write
+	// transactions examines (and so the most records it changes); 0
+	// means 1000.
+	SweepBatchSize int
+	// Outbox makes every change that causes an event (kpd.Event*) write
+	// it to the outbox in the same transaction; PendingEvents reads them
+	// and DeleteEvents removes delivered ones. Without a consumer leave
+	// it false: no event is written.
+	Outbox bool
+	// MaxOutbox caps the events the outbox holds; 0 means 1,000,000. A
+	// transaction that takes the outbox beyond it deletes the oldest
+	// events, and DroppedEvents counts them: a consumer that stays away
+	// loses its oldest events, not the database its disk.
+	MaxOutbox int
+	// Observer hears about committed changes (for metrics); nil means
+	// none.
+	Observer Observer
 	// MaxBatchSize is the most write operations committed together; 0
 	// means DefaultMaxBatchSize.
 	MaxBatchSize int
@@ -95,6 +136,10 @@ func (o *Options) withDefaults() Options {
 	setDefault(&r.MaxDevicesPerDID, DefaultMaxDevicesPerDID)
 	setDefault(&r.LowWatermark, DefaultLowWatermark)
 	setDefault(&r.ClaimRetention, DefaultClaimRetention)
+	setDefault(&r.ConsumedRetention, DefaultConsumedRetention)
+	setDefault(&r.WelcomeRetention, DefaultWelcomeRetention)
+	setDefault(&r.SweepBatchSize, DefaultSweepBatchSize)
+	setDefault(&r.MaxOutbox, DefaultMaxOutbox)
 	setDefault(&r.MaxBatchSize, DefaultMaxBatchSize)
 	setDefault(&r.MaxBatchDelay, DefaultMaxBatchDelay)
 	return r
@@ -108,8 +153,13 @@ func setDefault[T int | time.Duration](v *T, def T) {
 
 // DB is the bbolt Store. It is safe for concurrent use.
 type DB struct {
-	bolt *bolt.DB
-	opts Options
+	bolt    *bolt.DB
+	opts    Options
+	waiters waiters
+	// batch is the write transaction whose operations are being counted
+	// for Observer.CommitBatch; only write closures, which bbolt runs one
+	// at a time, touch it.
+	batch *commitBatch
 }
 
 var _ kpd.Store = (*DB)(nil)
@@ -130,18 +180,26 @@ var (
 	bucketDeliveries  = []byte("deliveries")          // (DID, device, welcome id) → deliveryRecord
 	bucketPending     = []byte("pending")             // (DID, device, seq) → welcome id; pending deliveries
 	bucketTokens      = []byte("tokens")              // SHA-256 → tokenRecord
+	bucketSince       = []byte("pending_since")       // (created_at, delivery key) → ""; pending deliveries
+	bucketFinished    = []byte("finished")            // (updated_at, delivery key) → ""; finished deliveries
+	bucketOrphans     = []byte("orphan_welcomes")     // (last delivery's end, welcome id) → ""; Welcomes without deliveries
+	bucketOutbox      = []byte("outbox")              // seq → eventRecord
 
 	allBuckets = [][]byte{
 		bucketMeta, bucketKeyPackages, bucketDeviceKPs, bucketPool, bucketLastResort,
 		bucketExpiry, bucketClaimed, bucketConsumed, bucketDevices, bucketWelcomes,
-		bucketDeliveries, bucketPending, bucketTokens,
+		bucketDeliveries, bucketPending, bucketTokens, bucketSince, bucketFinished,
+		bucketOrphans, bucketOutbox,
 	}
 
 	keySchemaVersion = []byte("schema_version")
+	keyStats         = []byte("stats") // statsRecord
 )
 
-// schemaVersion is the layout this code reads and writes.
-const schemaVersion = 1
+// schemaVersion is the layout this code reads and writes. Version 2 added
+// the store-wide counters, the outbox and the time indexes of deliveries
+// and Welcomes that the sweeper walks.
+const schemaVersion = 2
 
 // migration upgrades a database from one schema version to the next, inside
 // the transaction that opens it.
@@ -150,7 +208,7 @@ type migration func(tx *bolt.Tx) error
 // migrations[v] upgrades schema version v to v+1. Open runs every step a
 // database needs, in one transaction: it is upgraded completely or not at
 // all.
-var migrations = map[uint64]migration{}
+var migrations = map[uint64]migration{1: migrateToV2}
 
 // Open opens (creating if needed) the database at path. It creates the
 // buckets, records the schema version and runs pending migrations. If
@@ -174,7 +232,12 @@ func Open(path string, opts *Options) (*DB, error) {
 	if o.ReadOnly {
 		err = bdb.View(checkSchema)
 	} else {
-		err = bdb.Update(func(tx *bolt.Tx) error { return initSchema(tx, schemaVersion, migrations) })
+		err = bdb.Update(func(tx *bolt.Tx) error {
+			if err := initSchema(tx, schemaVersion, migrations); err != nil {
+				return err
+			}
+			return ensureStats(tx)
+		})
 	}
 	if err != nil {
 		bdb.Close()
@@ -246,8 +309,13 @@ func readSchemaVersion(tx *bolt.Tx) (uint64, error) {
 	return v, nil
 }
 
-// Close closes the database; pending batched writes complete first.
-func (db *DB) Close() error { return db.bolt.Close() }
+// Close closes the database; pending batched writes complete first. It
+// first closes the channels of every WaitWelcome waiter, so long-polls
+// return.
+func (db *DB) Close() error {
+	db.waiters.close()
+	return db.bolt.Close()
+}
 
 // Path returns the database file's path.
 func (db *DB) Path() string { return db.bolt.Path() }
@@ -288,24 +356,38 @@ func refuse(err error) error { return refusal{err} }
 // fsync for the batch). fn may run more than once (bbolt re-runs a batch
 // without an operation that failed, and that operation alone), so it must
 // reset whatever it reports at its start and have no effect outside tx.
+// What fn leaves for after the commit (Observer calls, WaitWelcome wake-ups,
+// see txn) happens once, for its last run, and only if that run committed.
+// Before a run that wrote commits, its changes to the store-wide counters
+// are merged into meta/stats.
 func (db *DB) write(ctx context.Context, fn func(t *txn) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	var refused error
+	var (
+		t       *txn
+		refused error
+	)
 	err := db.bolt.Batch(func(tx *bolt.Tx) error {
-		refused = nil
-		err := fn(db.newTxn(tx))
+		if b := db.countOp(tx); b != nil {
+			defer func() { b.end = time.Now() }()
+		}
+		t, refused = db.newTxn(tx), nil
+		err := fn(t)
 		var r refusal
 		if errors.As(err, &r) {
 			refused = r.err
 			return nil
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		return t.flush()
 	})
 	if err != nil {
 		return err
 	}
+	db.afterCommit(t)
 	return refused
 }
 

@@ -253,7 +253,7 @@ func TestSchema(t *testing.T) {
 		t.Fatal("a newer schema was accepted")
 	}
 	bdb.Close()
-	// This kpd (schema 1) refuses the file, read-write and read-only.
+	// This kpd (an older schema) refuses the file, read-write and read-only.
 	if _, err := Open(path, nil); err == nil || !strings.Contains(err.Error(), "newer") {
 		t.Fatalf("open of a newer schema: %v", err)
 	}

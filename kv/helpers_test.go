@@ -47,7 +47,12 @@ type env struct {
 // the database. opts adjust the Options.
 func newTestDB(t testing.TB, opts ...func(*Options)) *env {
 	t.Helper()
-	e := openTestDB(t, opts...)
+	return verified(t, openTestDB(t, opts...))
+}
+
+// verified registers a cleanup that fails the test if e's database (the
+// one open then) breaks an invariant.
+func verified(t testing.TB, e *env) *env {
 	t.Cleanup(func() {
 		vs, err := e.Verify(context.Background())
 		if err != nil {
@@ -64,12 +69,17 @@ func newTestDB(t testing.TB, opts ...func(*Options)) *env {
 // corrupt the database on purpose.
 func openTestDB(t testing.TB, opts ...func(*Options)) *env {
 	t.Helper()
+	return openTestFile(t, filepath.Join(t.TempDir(), "kpd.db"), opts...)
+}
+
+// openTestFile opens the database at path with a clock starting at t0.
+func openTestFile(t testing.TB, path string, opts ...func(*Options)) *env {
+	t.Helper()
 	clock := &testClock{now: t0}
 	o := &Options{Clock: clock.Now, NoSync: true, MaxBatchDelay: 200 * time.Microsecond}
 	for _, f := range opts {
 		f(o)
 	}
-	path := filepath.Join(t.TempDir(), "kpd.db")
 	db, err := Open(path, o)
 	if err != nil {
 		t.Fatalf("open: %v", err)

@@ -181,10 +181,12 @@ func (t *txn) publishCheck(did, device string, kps []kpd.KeyPackage, refs [][]by
 // publishApply stores the fresh items of a checked batch and the device.
 func (t *txn) publishApply(did, device string, dev *deviceRecord, kps []kpd.KeyPackage, refs [][]byte, fresh []bool) ([]kpd.PublishResult, error) {
 	results := make([]kpd.PublishResult, len(kps))
+	published := make(map[uint16]int)
 	for i, kp := range kps {
 		if !fresh[i] {
 			continue
 		}
+		published[kp.CipherSuite]++
 		seq, err := t.bucket(bucketKeyPackages).NextSequence()
 		if err != nil {
 			return nil, err
@@ -210,6 +212,9 @@ func (t *txn) publishApply(did, device string, dev *deviceRecord, kps []kpd.KeyP
 		}
 		results[i] = publishResult(refs[i], rec, kpd.PublishStored)
 	}
+	for suite, n := range published {
+		t.note(func(o Observer) { o.Published(suite, n) })
+	}
 	// Duplicates are described by what is stored, which for a ref repeated
 	// within the batch is only known now.
 	for i := range kps {
@@ -223,7 +228,7 @@ func (t *txn) publishApply(did, device string, dev *deviceRecord, kps []kpd.KeyP
 		results[i] = publishResult(refs[i], rec, kpd.PublishDuplicate)
 	}
 	t.touch(dev)
-	return results, t.putDevice(did, device, dev)
+	return results, t.saveDevice(did, device, dev)
 }
 
 func publishResult(ref []byte, r *kpRecord, status kpd.PublishStatus) kpd.PublishResult {
@@ -328,7 +333,7 @@ func (db *DB) DeleteKeyPackages(ctx context.Context, did, device string, refs []
 			n++
 		}
 		t.touch(dev)
-		if err := t.putDevice(did, device, dev); err != nil {
+		if err := t.saveDevice(did, device, dev); err != nil {
 			return err
 		}
 		inv, err = t.inventory(did, device, dev)
@@ -418,7 +423,7 @@ func (db *DB) Sync(ctx context.Context, did, device string, keep []kpd.Ref) (*kp
 			}
 		}
 		t.touch(dev)
-		if err := t.putDevice(did, device, dev); err != nil {
+		if err := t.saveDevice(did, device, dev); err != nil {
 			return err
 		}
 		if r.Inventory, err = t.inventory(did, device, dev); err != nil {
@@ -469,8 +474,8 @@ func (db *DB) Devices(ctx context.Context, did string) ([]kpd.DeviceInfo, error)
 // DeleteDevice removes a device with all its KeyPackages (claimed and
 // consumed ones too) and all its Welcome deliveries. Each Welcome that named
 // the device keeps the recipient with its last status, a pending one turned
-// into expired, so its sender sees the device will not acknowledge it.
-// NotFound for an unknown device.
+// into expired, so its sender sees the device will not acknowledge it
+// (until Sweep purges the Welcome). NotFound for an unknown device.
 func (db *DB) DeleteDevice(ctx context.Context, did, device string) error {
 	if err := checkOwner(did, device); err != nil {
 		return err
@@ -480,7 +485,7 @@ func (db *DB) DeleteDevice(ctx context.Context, did, device string) error {
 		if err != nil {
 			return refuse(err)
 		}
-		if err := t.dropDeliveries(did, device); err != nil {
+		if err := t.dropDeliveries(did, device, dev); err != nil {
 			return err
 		}
 		refs, err := t.deviceRefs(did, device)
@@ -496,13 +501,14 @@ func (db *DB) DeleteDevice(ctx context.Context, did, device string) error {
 				return err
 			}
 		}
-		return t.bucket(bucketDevices).Delete(index.Device(did, device))
+		return t.saveDevice(did, device, nil)
 	})
 }
 
-// dropDeliveries deletes every delivery of a device and records its final
-// status in its Welcome's recipient list.
-func (t *txn) dropDeliveries(did, device string) error {
+// dropDeliveries deletes every delivery of a device (dev) and records its
+// final status, a pending one turned into expired, in its Welcome's
+// recipient list.
+func (t *txn) dropDeliveries(did, device string, dev *deviceRecord) error {
 	return t.scan(bucketDeliveries, index.Device(did, device), func(k, v []byte) error {
 		var d deliveryRecord
 		if err := decode(v, &d); err != nil {
@@ -514,23 +520,11 @@ func (t *txn) dropDeliveries(did, device string) error {
 		}
 		final := d.Status
 		if final.State == kpd.DeliveryPending {
-			if err := t.bucket(bucketPending).Delete(index.Pending(did, device, d.Seq)); err != nil {
-				return err
-			}
 			final = deliveryStatus{State: kpd.DeliveryExpired, UpdatedAt: stampOf(t.now)}
 		}
-		if err := t.bucket(bucketDeliveries).Delete(k); err != nil {
+		if err := t.saveDelivery(did, device, id, &d, nil, dev); err != nil {
 			return err
 		}
-		var w welcomeRecord
-		if ok, err := t.get(bucketWelcomes, []byte(id), &w); err != nil || !ok {
-			return err
-		}
-		for i := range w.Recipients {
-			if e := &w.Recipients[i]; e.DID == did && e.Device == device && e.Gone == nil {
-				e.Gone = &final
-			}
-		}
-		return t.put(bucketWelcomes, []byte(id), &w)
+		return t.recipientGone(id, did, device, final)
 	})
 }

@@ -137,3 +137,44 @@ type tokenRecord struct {
 	Label     string `cbor:"3,keyasint,omitempty"`
 	CreatedAt stamp  `cbor:"4,keyasint"`
 }
+
+// suiteTotals are the store-wide counts of one cipher suite's KeyPackages.
+type suiteTotals struct {
+	Available  int64 `cbor:"1,keyasint,omitempty"`
+	Claimed    int64 `cbor:"2,keyasint,omitempty"`
+	Consumed   int64 `cbor:"3,keyasint,omitempty"`
+	LastResort int64 `cbor:"4,keyasint,omitempty"`
+}
+
+// statsRecord holds the store-wide counters (meta/stats). A write adds up
+// what the records it changes contribute (see stats.go) and merges the sum
+// into this record before its transaction commits.
+type statsRecord struct {
+	Suites     map[uint16]suiteTotals      `cbor:"1,keyasint,omitempty"`
+	Devices    int64                       `cbor:"2,keyasint,omitempty"`
+	Welcomes   int64                       `cbor:"3,keyasint,omitempty"`
+	Deliveries map[kpd.DeliveryState]int64 `cbor:"4,keyasint,omitempty"`
+	// Pools[i] counts (device, suite) pools whose available count falls
+	// in bucket i of Bounds.
+	Pools []int64 `cbor:"5,keyasint,omitempty"`
+	// Events counts the outbox's events; Dropped those the outbox cap
+	// discarded undelivered.
+	Events  int64 `cbor:"6,keyasint,omitempty"`
+	Dropped int64 `cbor:"7,keyasint,omitempty"`
+	// Bounds are the kpd.PoolSizeBounds that Pools was counted with.
+	Bounds []int `cbor:"8,keyasint,omitempty"`
+}
+
+// eventRecord is an outbox event, keyed by its 8-byte big-endian sequence.
+type eventRecord struct {
+	Type      string `cbor:"1,keyasint"`
+	DID       string `cbor:"2,keyasint"`
+	Device    string `cbor:"3,keyasint"`
+	Suite     uint16 `cbor:"4,keyasint,omitempty"`
+	Available *int   `cbor:"5,keyasint,omitempty"`
+	Ref       []byte `cbor:"6,keyasint,omitempty"`
+	WelcomeID string `cbor:"7,keyasint,omitempty"`
+	ConvoID   string `cbor:"8,keyasint,omitempty"`
+	Sender    string `cbor:"9,keyasint,omitempty"`
+	CreatedAt stamp  `cbor:"10,keyasint"`
+}

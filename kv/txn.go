@@ -13,11 +13,16 @@ import (
 )
 
 // txn is one store operation's view of a bbolt transaction, with the time
-// the operation happens at.
+// the operation happens at, and what the operation changes besides its
+// records: the store-wide counters (delta, merged by flush), Observer calls
+// and WaitWelcome wake-ups for after the commit (notes, wake: device keys).
 type txn struct {
-	tx   *bolt.Tx
-	now  time.Time
-	opts *Options
+	tx    *bolt.Tx
+	now   time.Time
+	opts  *Options
+	delta statsRecord
+	notes []func(Observer)
+	wake  []string
 }
 
 func (t *txn) bucket(name []byte) *bolt.Bucket { return t.tx.Bucket(name) }
@@ -144,9 +149,10 @@ func counts(r *kpRecord) (available, claimed int) {
 }
 
 // transition replaces the record of the KeyPackage ref, old, by next (old
-// nil: a new KeyPackage; next nil: a deletion). It moves the index entries
-// and adjusts the counters of dev, the device both records belong to, which
-// the caller stores. old and next must be distinct values.
+// nil: a new KeyPackage; next nil: a deletion). It moves the index entries,
+// adjusts the counters of dev, the device both records belong to, which
+// the caller stores, and the store-wide counters. old and next must be
+// distinct values.
 func (t *txn) transition(ref []byte, old, next *kpRecord, dev *deviceRecord) error {
 	var before, after []indexEntry
 	if old != nil {
@@ -159,6 +165,26 @@ func (t *txn) transition(ref []byte, old, next *kpRecord, dev *deviceRecord) err
 		a, c := counts(next)
 		dev.adjust(next.Suite, a, c)
 	}
+	t.delta.addKP(old, -1)
+	t.delta.addKP(next, 1)
+	return save(t, bucketKeyPackages, ref, before, after, next)
+}
+
+// save moves a record's index entries from before to after and stores
+// next at key, or deletes the key when next is nil.
+func save[T any](t *txn, bucket, key []byte, before, after []indexEntry, next *T) error {
+	if err := t.moveEntries(before, after); err != nil {
+		return err
+	}
+	if next == nil {
+		return t.bucket(bucket).Delete(key)
+	}
+	return t.put(bucket, key, next)
+}
+
+// moveEntries deletes the entries of before that after lacks and puts those
+// of after that before lacks.
+func (t *txn) moveEntries(before, after []indexEntry) error {
 	for _, e := range before {
 		if !slices.ContainsFunc(after, e.equal) {
 			if err := t.bucket(e.bucket).Delete(e.key); err != nil {
@@ -173,10 +199,102 @@ func (t *txn) transition(ref []byte, old, next *kpRecord, dev *deviceRecord) err
 			}
 		}
 	}
-	if next == nil {
-		return t.bucket(bucketKeyPackages).Delete(ref)
+	return nil
+}
+
+// deliveryEntries returns exactly the index entries of the delivery d of
+// Welcome id to a device: a pending one is in its device's queue and in the
+// index of pending deliveries by creation time (which the sweeper expires
+// them by); a finished one in the index of finished deliveries by the time
+// it finished (which the sweeper purges them by).
+func deliveryEntries(did, device, id string, d *deliveryRecord) []indexEntry {
+	if d == nil {
+		return nil
 	}
-	return t.put(bucketKeyPackages, ref, next)
+	key := index.Delivery(did, device, id)
+	if d.Status.State == kpd.DeliveryPending {
+		return []indexEntry{
+			{bucketPending, index.Pending(did, device, d.Seq), []byte(id)},
+			{bucketSince, index.TimeRef(d.CreatedAt.time(), key), nil},
+		}
+	}
+	return []indexEntry{{bucketFinished, index.TimeRef(d.Status.UpdatedAt.time(), key), nil}}
+}
+
+func isPending(d *deliveryRecord) bool { return d != nil && d.Status.State == kpd.DeliveryPending }
+
+// saveDelivery replaces the delivery of Welcome id to a device, old, by
+// next (old nil: a new delivery; next nil: a deletion), moving its index
+// entries, the device's pending counter (dev, which the caller stores;
+// needed only when the delivery starts or stops being pending) and the
+// store-wide counters. A delivery that stops being pending is reported to
+// the Observer as finished with next's state, or expired when deleted.
+func (t *txn) saveDelivery(did, device, id string, old, next *deliveryRecord, dev *deviceRecord) error {
+	if was, is := isPending(old), isPending(next); was != is {
+		if dev == nil {
+			return fmt.Errorf("delivery of welcome %s to %s %s changes its pending state without the device", id, did, device)
+		}
+		if is {
+			dev.Pending++
+		} else {
+			dev.Pending--
+			outcome := kpd.DeliveryExpired
+			if next != nil {
+				outcome = next.Status.State
+			}
+			t.note(func(o Observer) { o.DeliveryFinished(outcome) })
+		}
+	}
+	t.delta.addDelivery(old, -1)
+	t.delta.addDelivery(next, 1)
+	return save(t, bucketDeliveries, index.Delivery(did, device, id),
+		deliveryEntries(did, device, id, old), deliveryEntries(did, device, id, next), next)
+}
+
+// welcomeEntries returns exactly the index entries of a stored Welcome: one
+// none of whose recipients has a delivery any more (their devices were
+// deleted or their deliveries purged) is in the index of orphaned Welcomes
+// by the time its last delivery ended, which the sweeper purges it by.
+func welcomeEntries(id string, w *welcomeRecord) []indexEntry {
+	if w == nil || len(w.Recipients) == 0 {
+		return nil
+	}
+	var last time.Time
+	for _, r := range w.Recipients {
+		if r.Gone == nil {
+			return nil
+		}
+		if at := r.Gone.UpdatedAt.time(); at.After(last) {
+			last = at
+		}
+	}
+	return []indexEntry{{bucketOrphans, index.TimeRef(last, []byte(id)), nil}}
+}
+
+// saveWelcome replaces the Welcome id, old, by next (nil: none), moving its
+// index entries and the store-wide counters. old and next must not share
+// their Recipients.
+func (t *txn) saveWelcome(id string, old, next *welcomeRecord) error {
+	t.delta.addWelcome(old, -1)
+	t.delta.addWelcome(next, 1)
+	return save(t, bucketWelcomes, []byte(id), welcomeEntries(id, old), welcomeEntries(id, next), next)
+}
+
+// recipientGone records in Welcome id that the delivery to a device is
+// gone (deleted with its device, or purged), with its final status.
+func (t *txn) recipientGone(id, did, device string, final deliveryStatus) error {
+	var w welcomeRecord
+	if ok, err := t.get(bucketWelcomes, []byte(id), &w); err != nil || !ok {
+		return err
+	}
+	n := w
+	n.Recipients = slices.Clone(w.Recipients)
+	for i := range n.Recipients {
+		if e := &n.Recipients[i]; e.DID == did && e.Device == device && e.Gone == nil {
+			e.Gone = &final
+		}
+	}
+	return t.saveWelcome(id, &w, &n)
 }
 
 // removeAvailable takes an available KeyPackage out of service: it is
@@ -212,8 +330,33 @@ func (t *txn) ownDevice(did, device string) (*deviceRecord, error) {
 	return d, err
 }
 
-func (t *txn) putDevice(did, device string, d *deviceRecord) error {
-	return t.put(bucketDevices, index.Device(did, device), d)
+// saveDevice replaces the stored record of a device by next (nil: deletes
+// it). The store-wide counters move from what the stored record contributed
+// to what next contributes; an available count that next takes across the
+// low watermark or to zero is reported in the outbox (not for a deletion:
+// a deleted device needs no KeyPackages).
+func (t *txn) saveDevice(did, device string, next *deviceRecord) error {
+	key := index.Device(did, device)
+	var stored deviceRecord
+	had, err := t.get(bucketDevices, key, &stored)
+	if err != nil {
+		return err
+	}
+	var old *deviceRecord
+	if had {
+		old = &stored
+		t.delta.addDevice(old, -1)
+	}
+	if next == nil {
+		return t.bucket(bucketDevices).Delete(key)
+	}
+	t.delta.addDevice(next, 1)
+	if old != nil {
+		if err := t.watermarkEvents(did, device, old, next); err != nil {
+			return err
+		}
+	}
+	return t.put(bucketDevices, key, next)
 }
 
 // touch records a state-changing request of the device's owner.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -42,12 +43,18 @@ func (v Violation) String() string {
 //     time (a KeyPackage cannot be claimed twice: claiming needs the
 //     available state, which nothing returns to);
 //  3. each device's per-suite available and claimed counters, its pending
-//     Welcome counter and each KeyPackage's pending-delivery counter equal
-//     the records they count;
-//  4. each pending delivery is in its device's queue, belongs to a stored
-//     Welcome that lists it, and names KeyPackages of its device that are
-//     claimed for that Welcome or are its last resorts; every queue entry
-//     and every live recipient of a Welcome has its delivery.
+//     Welcome counter, each KeyPackage's pending-delivery counter and the
+//     store-wide counters (meta/stats: by suite and state, devices,
+//     Welcomes, deliveries by state, pool sizes, outbox events) equal the
+//     records they count;
+//  4. each delivery is in exactly the indexes its state implies (a pending
+//     one in its device's queue and the index by creation time, a
+//     finished one in the index by end time), belongs to a stored Welcome
+//     that lists it, and, when pending, names KeyPackages of its device
+//     that are claimed for that Welcome or are its last resorts; every
+//     index entry of a delivery and every live recipient of a Welcome has
+//     its delivery; a Welcome none of whose recipients has a delivery is
+//     in the index of orphaned Welcomes, and only such Welcomes are.
 //
 // Invariant 5 (nothing acknowledged as stored is lost, even across a
 // crash) is about history, not one snapshot: it cannot be checked here.
@@ -55,7 +62,7 @@ func (db *DB) Verify(ctx context.Context) ([]Violation, error) {
 	var out []Violation
 	err := db.read(ctx, func(t *txn) error {
 		v := &verifier{ctx: ctx, t: t, devices: map[string]*deviceCheck{}, kps: map[string]*kpCheck{},
-			entries: map[string]bool{}, pendingKeys: map[string]bool{}}
+			entries: map[string]bool{}}
 		if err := v.run(); err != nil {
 			return err
 		}
@@ -92,15 +99,17 @@ type kpCheck struct {
 }
 
 type verifier struct {
-	ctx         context.Context
-	t           *txn
-	out         []Violation
-	devices     map[string]*deviceCheck // by index.Device key
-	kps         map[string]*kpCheck     // by raw ref
-	kpOrder     []*kpCheck
-	entries     map[string]bool // index entries the KeyPackages imply
-	pendingKeys map[string]bool // pending-queue keys the deliveries imply
-	seen        int
+	ctx     context.Context
+	t       *txn
+	out     []Violation
+	devices map[string]*deviceCheck // by index.Device key
+	kps     map[string]*kpCheck     // by raw ref
+	kpOrder []*kpCheck
+	entries map[string]bool // index entries the records imply
+	// stored are the store-wide counters (nil if unreadable), counted
+	// what the records add up to.
+	stored, counted *statsRecord
+	seen            int
 }
 
 func (v *verifier) report(invariant int, bucket, key []byte, format string, args ...any) {
@@ -110,6 +119,14 @@ func (v *verifier) report(invariant int, bucket, key []byte, format string, args
 func (v *verifier) run() error {
 	if _, err := readSchemaVersion(v.t.tx); err != nil {
 		v.report(0, bucketMeta, keySchemaVersion, "%v", err)
+	}
+	v.counted = &statsRecord{Bounds: kpd.PoolSizeBounds}
+	if v.t.bucket(bucketMeta) != nil {
+		if rec, err := v.t.stats(); err != nil {
+			v.report(3, bucketMeta, keyStats, "%v", err)
+		} else {
+			v.stored, v.counted.Bounds = rec, rec.bounds()
+		}
 	}
 	for _, step := range []struct {
 		bucket []byte
@@ -125,7 +142,11 @@ func (v *verifier) run() error {
 		{bucketConsumed, v.checkIndex(bucketConsumed)},
 		{bucketDeliveries, v.delivery},
 		{bucketPending, v.pendingEntry},
+		{bucketSince, v.deliveryIndex(bucketSince, "pending")},
+		{bucketFinished, v.deliveryIndex(bucketFinished, "finished")},
 		{bucketWelcomes, v.welcome},
+		{bucketOrphans, v.orphanEntry},
+		{bucketOutbox, v.event},
 		{bucketTokens, v.token},
 	} {
 		if err := v.each(step.bucket, step.fn); err != nil {
@@ -173,6 +194,7 @@ func (v *verifier) device(k, val []byte) error {
 		return nil
 	}
 	v.devices[string(k)] = d
+	v.counted.addDevice(&d.rec, 1)
 	return nil
 }
 
@@ -184,6 +206,7 @@ func (v *verifier) keyPackage(k, val []byte) error {
 	}
 	r := &c.rec
 	v.kps[string(k)], v.kpOrder = c, append(v.kpOrder, c)
+	v.counted.addKP(r, 1)
 	switch r.State {
 	case kpd.StateAvailable, kpd.StateClaimed, kpd.StateConsumed:
 	default:
@@ -220,17 +243,24 @@ func (v *verifier) keyPackage(k, val []byte) error {
 		sc.Available, sc.Claimed = sc.Available+a, sc.Claimed+cl
 		dev.counted[r.Suite] = sc
 	}
-	for _, e := range indexEntries(k, r) {
+	v.implied(1, bucketKeyPackages, k, string(r.State)+" KeyPackage", indexEntries(k, r))
+	return nil
+}
+
+// implied records the index entries that a record (what, at key of
+// bucket) implies, and reports those missing or holding another value as
+// violations of invariant.
+func (v *verifier) implied(invariant int, bucket, key []byte, what string, entries []indexEntry) {
+	for _, e := range entries {
 		v.entries[entryKey(e)] = true
 		got, ok := v.t.has(e.bucket, e.key)
 		switch {
 		case !ok:
-			v.report(1, bucketKeyPackages, k, "%s KeyPackage missing from index %s (%s)", r.State, e.bucket, describeKey(e.bucket, e.key))
+			v.report(invariant, bucket, key, "%s missing from index %s (%s)", what, e.bucket, describeKey(e.bucket, e.key))
 		case !bytes.Equal(got, e.value):
-			v.report(1, e.bucket, e.key, "names %x, not the KeyPackage %x", got, k)
+			v.report(invariant, e.bucket, e.key, "holds %x, not the %x of %s", got, e.value, describeKey(bucket, key))
 		}
 	}
-	return nil
 }
 
 // checkIndex returns the check of one index bucket: each entry must be
@@ -305,6 +335,8 @@ func (v *verifier) delivery(k, val []byte) error {
 	} else if !slices.EqualFunc(w.Recipients[i].Refs, d.Refs, bytes.Equal) {
 		v.report(4, bucketDeliveries, k, "refs differ from those welcome %s lists for this device", id)
 	}
+	v.counted.addDelivery(&d, 1)
+	v.implied(4, bucketDeliveries, k, string(d.Status.State)+" delivery", deliveryEntries(did, device, id, &d))
 	switch d.Status.State {
 	case kpd.DeliveryAcked, kpd.DeliveryRejected, kpd.DeliveryExpired:
 		return nil
@@ -315,11 +347,6 @@ func (v *verifier) delivery(k, val []byte) error {
 	}
 	if dev != nil {
 		dev.pending++
-	}
-	pk := index.Pending(did, device, d.Seq)
-	v.pendingKeys[string(pk)] = true
-	if got, ok := v.t.has(bucketPending, pk); !ok || string(got) != id {
-		v.report(4, bucketDeliveries, k, "pending, but not in the device's queue at %d", d.Seq)
 	}
 	if len(d.Refs) == 0 {
 		v.report(4, bucketDeliveries, k, "pending delivery names no KeyPackage")
@@ -347,9 +374,50 @@ func (v *verifier) delivery(k, val []byte) error {
 func (v *verifier) pendingEntry(k, val []byte) error {
 	if _, _, _, err := index.DecodePending(k); err != nil {
 		v.report(0, bucketPending, k, "%v", err)
-	} else if !v.pendingKeys[string(k)] {
+	} else if !v.entries[entryKey(indexEntry{bucketPending, k, val})] {
 		v.report(4, bucketPending, k, "queues welcome %s, which has no pending delivery with this key", val)
 	}
+	return nil
+}
+
+// deliveryIndex returns the check of a time index of deliveries in one
+// kind of state: each entry must be one that its delivery implies.
+func (v *verifier) deliveryIndex(bucket []byte, kind string) func(k, val []byte) error {
+	return func(k, val []byte) error {
+		if v.entries[entryKey(indexEntry{bucket, k, val})] {
+			return nil
+		}
+		if _, dk, err := index.DecodeTimeRef(k); err != nil {
+			v.report(0, bucket, k, "%v", err)
+		} else if _, _, _, err := index.DecodeDelivery(dk); err != nil {
+			v.report(0, bucket, k, "%v", err)
+		} else {
+			v.report(4, bucket, k, "names no %s delivery with this time", kind)
+		}
+		return nil
+	}
+}
+
+func (v *verifier) orphanEntry(k, val []byte) error {
+	if v.entries[entryKey(indexEntry{bucketOrphans, k, val})] {
+		return nil
+	}
+	if _, id, err := index.DecodeTimeRef(k); err != nil {
+		v.report(0, bucketOrphans, k, "%v", err)
+	} else {
+		v.report(4, bucketOrphans, k, "names welcome %s, which is not a Welcome without deliveries that ended then", id)
+	}
+	return nil
+}
+
+func (v *verifier) event(k, val []byte) error {
+	var e eventRecord
+	if _, err := index.DecodeUint64(k); err != nil {
+		v.report(0, bucketOutbox, k, "%v", err)
+	} else if err := decode(val, &e); err != nil {
+		v.report(0, bucketOutbox, k, "%v", err)
+	}
+	v.counted.Events++
 	return nil
 }
 
@@ -364,6 +432,8 @@ func (v *verifier) welcome(k, val []byte) error {
 			v.report(4, bucketWelcomes, k, "recipient %s %q has no delivery", e.DID, e.Device)
 		}
 	}
+	v.counted.addWelcome(&w, 1)
+	v.implied(4, bucketWelcomes, k, "Welcome without deliveries", welcomeEntries(string(k), &w))
 	return nil
 }
 
@@ -404,6 +474,49 @@ func (v *verifier) counters() {
 			v.report(3, bucketKeyPackages, c.ref, "pending deliveries counter %d, deliveries say %d", c.rec.Pending, c.deliveries)
 		}
 	}
+	if v.stored != nil {
+		v.counted.Dropped = v.stored.Dropped
+		v.counted.normalize()
+		v.stored.normalize()
+		for _, d := range statsDiff(v.stored, v.counted) {
+			v.report(3, bucketMeta, keyStats, "%s", d)
+		}
+	}
+}
+
+// statsDiff describes how the stored store-wide counters differ from those
+// the records add up to, one line per counter.
+func statsDiff(stored, counted *statsRecord) []string {
+	var out []string
+	diff := func(what string, got, want int64) {
+		if got != want {
+			out = append(out, fmt.Sprintf("%s %d, records say %d", what, got, want))
+		}
+	}
+	suites := make(map[uint16]bool)
+	for s := range stored.Suites {
+		suites[s] = true
+	}
+	for s := range counted.Suites {
+		suites[s] = true
+	}
+	for _, suite := range slices.Sorted(maps.Keys(suites)) {
+		g, w := stored.Suites[suite], counted.Suites[suite]
+		diff(fmt.Sprintf("suite %d available", suite), g.Available, w.Available)
+		diff(fmt.Sprintf("suite %d claimed", suite), g.Claimed, w.Claimed)
+		diff(fmt.Sprintf("suite %d consumed", suite), g.Consumed, w.Consumed)
+		diff(fmt.Sprintf("suite %d last resorts", suite), g.LastResort, w.LastResort)
+	}
+	diff("devices", stored.Devices, counted.Devices)
+	diff("welcomes", stored.Welcomes, counted.Welcomes)
+	for _, state := range []kpd.DeliveryState{kpd.DeliveryPending, kpd.DeliveryAcked, kpd.DeliveryRejected, kpd.DeliveryExpired} {
+		diff(fmt.Sprintf("%s deliveries", state), stored.Deliveries[state], counted.Deliveries[state])
+	}
+	if !slices.Equal(stored.Pools, counted.Pools) {
+		out = append(out, fmt.Sprintf("pool sizes %v, records say %v", stored.Pools, counted.Pools))
+	}
+	diff("outbox events", stored.Events, counted.Events)
+	return out
 }
 
 // keyFormats render the keys of the buckets whose keys are composite.
@@ -437,6 +550,25 @@ var keyFormats = map[string]func(k []byte) (string, error){
 	},
 	string(bucketWelcomes): func(k []byte) (string, error) { return string(k), nil },
 	string(bucketMeta):     func(k []byte) (string, error) { return string(k), nil },
+	string(bucketSince):    timeDeliveryFormat,
+	string(bucketFinished): timeDeliveryFormat,
+	string(bucketOrphans): func(k []byte) (string, error) {
+		t, id, err := index.DecodeTimeRef(k)
+		return t.Format(time.RFC3339Nano) + "/" + string(id), err
+	},
+	string(bucketOutbox): func(k []byte) (string, error) {
+		seq, err := index.DecodeUint64(k)
+		return fmt.Sprint(seq), err
+	},
+}
+
+func timeDeliveryFormat(k []byte) (string, error) {
+	t, dk, err := index.DecodeTimeRef(k)
+	if err != nil {
+		return "", err
+	}
+	did, device, id, err := index.DecodeDelivery(dk)
+	return t.Format(time.RFC3339Nano) + "/" + did + "/" + device + "/" + id, err
 }
 
 func timeRefFormat(k []byte) (string, error) {

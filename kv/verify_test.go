@@ -96,6 +96,10 @@ func TestVerifyFindsViolations(t *testing.T) {
 			rec := s.record(t, s.available)
 			return tx.Bucket(bucketPool).Delete(index.Pool(bob, "phone", 1, rec.Seq))
 		}, []expectation{{1, "key_packages/{available}: available KeyPackage missing from index pool"}}},
+		{"pool entry names another KeyPackage", func(s *scenario, tx *bolt.Tx) error {
+			rec := s.record(t, s.available)
+			return tx.Bucket(bucketPool).Put(index.Pool(bob, "phone", 1, rec.Seq), s.raw(s.claimed))
+		}, []expectation{{1, "holds {claimed}, not the {available} of key_packages/{available}"}}},
 		{"dangling expiry entry", func(s *scenario, tx *bolt.Tx) error {
 			return tx.Bucket(bucketExpiry).Put(index.TimeRef(t0, []byte{0xde, 0xad}), nil)
 		}, []expectation{{1, "names KeyPackage dead, which does not exist"}}},
@@ -139,6 +143,53 @@ func TestVerifyFindsViolations(t *testing.T) {
 			}
 			return tx.Bucket(bucketPending).Put([]byte{0x05, 'a'}, []byte("x"))
 		}, []expectation{{0, "key_packages/01: decode"}, {0, "pending/0561: pending key"}}},
+		{"global counter off", func(s *scenario, tx *bolt.Tx) error {
+			return editRecord(tx, bucketMeta, keyStats, func(r *statsRecord) {
+				c := r.Suites[1]
+				c.Available++
+				r.Suites[1] = c
+				r.Deliveries[kpd.DeliveryAcked] = 0
+			})
+		}, []expectation{
+			{3, "meta/stats: suite 1 available 2, records say 1"},
+			{3, "meta/stats: acked deliveries 0, records say 1"},
+		}},
+		{"pool sizes and events off", func(s *scenario, tx *bolt.Tx) error {
+			return editRecord(tx, bucketMeta, keyStats, func(r *statsRecord) { r.Pools[0]++; r.Events = 4 })
+		}, []expectation{{3, "meta/stats: pool sizes [1 "}, {3, "outbox events 4, records say 0"}}},
+		{"global counters lost", func(s *scenario, tx *bolt.Tx) error {
+			return tx.Bucket(bucketMeta).Delete(keyStats)
+		}, []expectation{{3, "meta/stats: the store-wide counters"}}},
+		{"outbox event without its count", func(s *scenario, tx *bolt.Tx) error {
+			b, err := encode(&eventRecord{Type: kpd.EventWelcomePending})
+			if err != nil {
+				return err
+			}
+			return tx.Bucket(bucketOutbox).Put(index.Uint64(7), b)
+		}, []expectation{{3, "outbox events 0, records say 1"}}},
+		{"delivery time index entry lost", func(s *scenario, tx *bolt.Tx) error {
+			c := tx.Bucket(bucketSince).Cursor()
+			k, _ := c.First()
+			return tx.Bucket(bucketSince).Delete(k)
+		}, []expectation{{4, "deliveries/" + bob + "/phone/{welcome}: pending delivery missing from index pending_since"}}},
+		{"pending queue entry lost", func(s *scenario, tx *bolt.Tx) error {
+			c := tx.Bucket(bucketPending).Cursor()
+			k, _ := c.First()
+			return tx.Bucket(bucketPending).Delete(k)
+		}, []expectation{{4, "deliveries/" + bob + "/phone/{welcome}: pending delivery missing from index pending (pending/" + bob + "/phone/"}}},
+		{"orphaned welcome not indexed", func(s *scenario, tx *bolt.Tx) error {
+			return editRecord(tx, bucketWelcomes, []byte(s.pendingWelcome), func(w *welcomeRecord) {
+				w.Recipients[0].Gone = &deliveryStatus{State: kpd.DeliveryExpired, UpdatedAt: stampOf(t0)}
+			})
+		}, []expectation{{4, "welcomes/{welcome}: Welcome without deliveries missing from index orphan_welcomes"}}},
+		{"finished delivery indexed as pending", func(s *scenario, tx *bolt.Tx) error {
+			c := tx.Bucket(bucketFinished).Cursor()
+			k, _ := c.First()
+			return tx.Bucket(bucketSince).Put(k, nil)
+		}, []expectation{{4, "names no pending delivery with this time"}}},
+		{"live welcome indexed as orphaned", func(s *scenario, tx *bolt.Tx) error {
+			return tx.Bucket(bucketOrphans).Put(index.TimeRef(t0, []byte(s.pendingWelcome)), nil)
+		}, []expectation{{4, "names welcome {welcome}, which is not a Welcome without deliveries"}}},
 		{"schema version lost", func(s *scenario, tx *bolt.Tx) error {
 			return tx.Bucket(bucketMeta).Delete(keySchemaVersion)
 		}, []expectation{{0, "meta/schema_version"}}},

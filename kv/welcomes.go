@@ -45,7 +45,9 @@ func checkWelcome(w kpd.Welcome) error {
 // stored Welcome again (same w.ID) returns the stored result, recipients
 // with their current status, and Created false; from another sender it is
 // a Conflict. A routed regular KeyPackage stays claimed until the device
-// acknowledges or rejects the Welcome. BadRequest for invalid fields.
+// acknowledges or rejects the Welcome. A newly stored Welcome writes a
+// welcome.pending event per recipient device and, once committed, wakes
+// the devices' WaitWelcome waiters. BadRequest for invalid fields.
 func (db *DB) PostWelcome(ctx context.Context, w kpd.Welcome) (*kpd.PostWelcomeResult, error) {
 	if err := checkWelcome(w); err != nil {
 		return nil, err
@@ -147,9 +149,11 @@ func routeRefusal(kp *kpRecord, w kpd.Welcome) kpd.Code {
 }
 
 // storeWelcome stores a routed Welcome and a pending delivery per
-// recipient, and binds the routed KeyPackages to it.
+// recipient, and binds the routed KeyPackages to it. Each recipient gets a
+// welcome.pending event and, after the commit, its WaitWelcome waiters are
+// woken.
 func (t *txn) storeWelcome(id string, w *welcomeRecord) error {
-	if err := t.put(bucketWelcomes, []byte(id), w); err != nil {
+	if err := t.saveWelcome(id, nil, w); err != nil {
 		return err
 	}
 	for _, r := range w.Recipients {
@@ -180,17 +184,20 @@ func (t *txn) storeWelcome(id string, w *welcomeRecord) error {
 		}
 		d := &deliveryRecord{Refs: r.Refs, ConvoID: w.ConvoID, Seq: seq, CreatedAt: w.CreatedAt,
 			Status: deliveryStatus{State: kpd.DeliveryPending, UpdatedAt: w.CreatedAt}}
-		if err := t.put(bucketDeliveries, index.Delivery(r.DID, r.Device, id), d); err != nil {
+		if err := t.saveDelivery(r.DID, r.Device, id, nil, d, dev); err != nil {
 			return err
 		}
-		if err := t.bucket(bucketPending).Put(index.Pending(r.DID, r.Device, seq), []byte(id)); err != nil {
+		if err := t.saveDevice(r.DID, r.Device, dev); err != nil {
 			return err
 		}
-		dev.Pending++
-		if err := t.putDevice(r.DID, r.Device, dev); err != nil {
+		err = t.emit(eventRecord{Type: kpd.EventWelcomePending, DID: r.DID, Device: r.Device, Suite: w.Suite,
+			Ref: r.Refs[0], WelcomeID: id, ConvoID: w.ConvoID, Sender: w.Sender})
+		if err != nil {
 			return err
 		}
+		t.wake = append(t.wake, string(index.Device(r.DID, r.Device)))
 	}
+	t.note(func(o Observer) { o.WelcomePosted() })
 	return nil
 }
 
@@ -334,9 +341,10 @@ func (db *DB) PendingWelcomes(ctx context.Context, did, device string, opts kpd.
 // Ack marks the device's delivery of a Welcome acked and consumes its
 // regular KeyPackages (they leave the claimed counters and indexes; their
 // metadata stays, without the KeyPackage bytes, until the retention sweep);
-// a last resort stays available. Acking again returns the first ack's
-// result. NotFound for no such delivery; Conflict if it was rejected or
-// expired.
+// a last resort stays available, and a last_resort.used event asks its
+// owner to rotate it. Acking again returns the first ack's result.
+// NotFound for no such delivery; Conflict if it was rejected or expired
+// (see Sweep).
 func (db *DB) Ack(ctx context.Context, did, device, welcomeID string) (*kpd.AckResult, error) {
 	return db.settle(ctx, did, device, welcomeID, deliveryStatus{State: kpd.DeliveryAcked})
 }
@@ -424,45 +432,69 @@ func (db *DB) Take(ctx context.Context, did, device, convoID string) (*kpd.Pendi
 	return pw, ack, nil
 }
 
-// finish ends the device's pending delivery d of a Welcome with st (its
-// time set now): the delivery leaves the pending queue and each KeyPackage
-// it names is released: a regular one consumed, a last resort kept (or
-// deleted, if it was retired and this was its last pending delivery).
+// finish ends the device owner's pending delivery d of a Welcome with st
+// (acked or rejected), as of now, and records the owner's activity.
 func (t *txn) finish(did, device, welcomeID string, d *deliveryRecord, st deliveryStatus) (*kpd.AckResult, error) {
 	dev, err := t.ownDevice(did, device)
 	if err != nil {
 		return nil, err
 	}
+	if err := t.endDelivery(did, device, welcomeID, d, st, dev); err != nil {
+		return nil, err
+	}
+	t.touch(dev)
+	if err := t.saveDevice(did, device, dev); err != nil {
+		return nil, err
+	}
+	return &kpd.AckResult{Ref: kpd.RefOf(d.Refs[0]), ConsumedAt: t.now}, nil
+}
+
+// endDelivery moves the pending delivery d of a Welcome to a device (dev,
+// which the caller stores) to st's final state, as of now: it leaves the
+// pending queue and each KeyPackage it names is released. An ack or reject
+// consumes a regular KeyPackage; expiry leaves it claimed (bound to its
+// Welcome, so never routed again), to be purged by the sweeper like a claim
+// that no Welcome named. A last resort stays available, or goes if it was
+// retired and this was its last pending delivery; an ack or reject of a
+// delivery made with it writes a last_resort.used event.
+func (t *txn) endDelivery(did, device, welcomeID string, d *deliveryRecord, st deliveryStatus, dev *deviceRecord) error {
+	settled := st.State != kpd.DeliveryExpired
 	for _, ref := range d.Refs {
 		kp, err := t.mustKeyPackage(ref, "a pending delivery")
 		if err != nil {
-			return nil, err
+			return err
 		}
 		n := *kp
 		n.Pending--
 		next := &n
 		switch {
-		case !n.LastResort:
+		case n.LastResort:
+			if settled {
+				err := t.emit(eventRecord{Type: kpd.EventLastResortUsed, DID: did, Device: device, Suite: n.Suite,
+					Ref: ref, WelcomeID: welcomeID, ConvoID: d.ConvoID})
+				if err != nil {
+					return err
+				}
+			}
+			if n.Retired && n.Pending == 0 {
+				next = nil
+			}
+		case settled:
 			n.State, n.ConsumedAt, n.Data = kpd.StateConsumed, t.nowStamp(), nil
-		case n.Retired && n.Pending == 0:
-			next = nil
+			t.note(func(o Observer) { o.Consumed(n.Suite) })
 		}
 		if err := t.transition(ref, kp, next, dev); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	if err := t.bucket(bucketPending).Delete(index.Pending(did, device, d.Seq)); err != nil {
-		return nil, err
-	}
 	st.UpdatedAt = stampOf(t.now)
-	d.Status = st
-	if err := t.put(bucketDeliveries, index.Delivery(did, device, welcomeID), d); err != nil {
-		return nil, err
+	ended := *d
+	ended.Status = st
+	if err := t.saveDelivery(did, device, welcomeID, d, &ended, dev); err != nil {
+		return err
 	}
-	dev.Pending--
-	t.touch(dev)
-	if err := t.putDevice(did, device, dev); err != nil {
-		return nil, err
+	if st.State == kpd.DeliveryRejected {
+		t.note(func(o Observer) { o.WelcomeRejected(st.Reason) })
 	}
-	return &kpd.AckResult{Ref: kpd.RefOf(d.Refs[0]), ConsumedAt: t.now}, nil
+	return nil
 }

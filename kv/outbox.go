@@ -1,0 +1,174 @@
+package kv
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"math"
+	"slices"
+
+	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/index"
+)
+
+// DefaultEventsLimit is how many events PendingEvents returns when the
+// caller sets no limit.
+const DefaultEventsLimit = 100
+
+// The outbox (SPEC section 8) holds events, keyed by a sequence that
+// orders them, until the consumer that delivered them deletes them. With
+// Options.Outbox, each event is written by the transaction of the change
+// that causes it, so an event exists exactly when its change committed:
+//
+//   - kpd.EventKeyPackagesLow when a device's available count of a suite
+//     (regular KeyPackages) goes from above Options.LowWatermark to at or
+//     below it, and kpd.EventKeyPackagesExhausted when it goes from one or
+//     more to zero, by a claim, a delete, a sync or the sweeper: once per
+//     crossing, compared between the device record before and after the
+//     transaction (txn.saveDevice), so claims below the watermark do not
+//     fire again, and a device replenished above it fires again when it
+//     drains;
+//   - kpd.EventLastResortServed when a claim hands out a last resort;
+//   - kpd.EventLastResortUsed when an ack, reject or take ends a delivery
+//     made with a last resort;
+//   - kpd.EventWelcomePending for each recipient device of a newly stored
+//     Welcome.
+
+// eventID returns the stable ID of the event with sequence seq.
+func eventID(seq uint64) string { return fmt.Sprintf("evt_%016x", seq) }
+
+// emit appends an event, at the operation's time, to the outbox if
+// Options.Outbox is set.
+func (t *txn) emit(e eventRecord) error {
+	if !t.opts.Outbox {
+		return nil
+	}
+	seq, err := t.bucket(bucketOutbox).NextSequence()
+	if err != nil {
+		return err
+	}
+	e.CreatedAt = stampOf(t.now)
+	if err := t.put(bucketOutbox, index.Uint64(seq), &e); err != nil {
+		return err
+	}
+	t.delta.Events++
+	return nil
+}
+
+// watermarkEvents emits the low-watermark and exhaustion events of a device
+// whose record goes from old to next, by suite.
+func (t *txn) watermarkEvents(did, device string, old, next *deviceRecord) error {
+	if !t.opts.Outbox {
+		return nil
+	}
+	lw := t.opts.LowWatermark
+	for _, suite := range slices.Sorted(maps.Keys(next.Suites)) {
+		was, is := old.Suites[suite].Available, next.Suites[suite].Available
+		for _, crossing := range []struct {
+			typ   string
+			fired bool
+		}{
+			{kpd.EventKeyPackagesLow, was > lw && is <= lw},
+			{kpd.EventKeyPackagesExhausted, was > 0 && is == 0},
+		} {
+			if !crossing.fired {
+				continue
+			}
+			if err := t.emit(eventRecord{Type: crossing.typ, DID: did, Device: device, Suite: suite, Available: &is}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// dropOldestEvents deletes up to n of the oldest events and returns how
+// many it deleted.
+func (t *txn) dropOldestEvents(n int64) (int64, error) {
+	c := t.bucket(bucketOutbox).Cursor()
+	var dropped int64
+	for k, _ := c.First(); k != nil && dropped < n; k, _ = c.First() {
+		if err := c.Delete(); err != nil {
+			return dropped, err
+		}
+		dropped++
+	}
+	return dropped, nil
+}
+
+// PendingEvents returns up to limit (0: DefaultEventsLimit) outbox events
+// with a sequence above afterSeq, oldest first. It does not write; events
+// stay until DeleteEvents removes them (or the outbox cap drops them), so a
+// consumer that fails to deliver reads them again. Events survive restarts.
+func (db *DB) PendingEvents(ctx context.Context, afterSeq uint64, limit int) ([]kpd.Event, error) {
+	if limit <= 0 {
+		limit = DefaultEventsLimit
+	}
+	out := []kpd.Event{}
+	if afterSeq == math.MaxUint64 {
+		return out, nil
+	}
+	err := db.read(ctx, func(t *txn) error {
+		c := t.bucket(bucketOutbox).Cursor()
+		for k, v := c.Seek(index.Uint64(afterSeq + 1)); k != nil && len(out) < limit; k, v = c.Next() {
+			seq, err := index.DecodeUint64(k)
+			var e eventRecord
+			if err == nil {
+				err = decode(v, &e)
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", describeKey(bucketOutbox, k), err)
+			}
+			out = append(out, e.public(seq))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (e *eventRecord) public(seq uint64) kpd.Event {
+	ev := kpd.Event{ID: eventID(seq), Type: e.Type, Seq: seq, DID: e.DID, Device: e.Device,
+		CipherSuite: e.Suite, Available: e.Available, WelcomeID: e.WelcomeID, ConvoID: e.ConvoID,
+		Sender: e.Sender, CreatedAt: e.CreatedAt.time()}
+	if e.Ref != nil {
+		ev.Ref = kpd.RefOf(e.Ref)
+	}
+	return ev
+}
+
+// DeleteEvents removes delivered events from the outbox, in one
+// transaction. Sequences that are not (or no longer) in the outbox are
+// ignored.
+func (db *DB) DeleteEvents(ctx context.Context, seqs []uint64) error {
+	if len(seqs) == 0 {
+		return ctx.Err()
+	}
+	return db.write(ctx, func(t *txn) error {
+		for _, seq := range seqs {
+			key := index.Uint64(seq)
+			if _, ok := t.has(bucketOutbox, key); !ok {
+				continue
+			}
+			if err := t.bucket(bucketOutbox).Delete(key); err != nil {
+				return err
+			}
+			t.delta.Events--
+		}
+		return nil
+	})
+}
+
+// DroppedEvents returns how many events the outbox cap (Options.MaxOutbox)
+// has discarded undelivered over the database's life.
+func (db *DB) DroppedEvents(ctx context.Context) (int64, error) {
+	var n int64
+	err := db.read(ctx, func(t *txn) error {
+		rec, err := t.stats()
+		n = rec.Dropped
+		return err
+	})
+	return n, err
+}
