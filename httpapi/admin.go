@@ -53,6 +53,11 @@ type AdminConfig struct {
 	BackupTimeout time.Duration
 	// Logger receives one line per request and every internal error.
 	Logger zerolog.Logger
+	// Stats, when set, serves GET /v1/admin/stats (see AdminStatsPath).
+	Stats AdminStatsSource
+	// LastBackup, when set, gives the time of the newest scheduled
+	// snapshot (zero for none) for GET /v1/admin/stats.
+	LastBackup func() time.Time
 }
 
 // NewAdmin returns the handler of the admin routes of SPEC section 5, which
@@ -67,6 +72,10 @@ type AdminConfig struct {
 //     meanwhile is 503 Unavailable. A snapshot that fails is a 500
 //     Internal problem; a failure while sending leaves the body short of
 //     its Content-Length.
+//   - GET /v1/admin/stats (with AdminConfig.Stats) returns the store's
+//     totals as JSON: KeyPackages by suite and state, devices, Welcomes,
+//     deliveries by state, pool sizes, undelivered events, database size
+//     and the last scheduled backup.
 //
 // Errors are RFC 9457 problem documents, as on every other route.
 func NewAdmin(cfg AdminConfig) http.Handler {
@@ -86,6 +95,7 @@ func NewAdmin(cfg AdminConfig) http.Handler {
 			a.timeout = DefaultAdminBackupTimeout
 		}
 		s.handlePublic(http.MethodGet, AdminBackupPath, a.authorized(a.backup))
+		a.registerStats(cfg)
 	}
 	return s.requestID(s.logRequests(s.recoverPanics(s.router)))
 }

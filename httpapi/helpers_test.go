@@ -114,6 +114,7 @@ type options struct {
 	ready     func(context.Context) error
 	wrap      func(kpd.Store) kpd.Store
 	rates     httpapi.RateLimiter
+	config    func(*httpapi.Config) // adjusts the server's configuration last
 }
 
 // testServer is the real handler on a real kv file, served on 127.0.0.1.
@@ -160,7 +161,7 @@ func start(t testing.TB, opts ...func(*options)) *testServer {
 		authn = o.authn(authn)
 	}
 	logs := &syncBuffer{}
-	srv := httptest.NewServer(httpapi.New(httpapi.Config{
+	cfg := httpapi.Config{
 		Store:      store,
 		Auth:       authn,
 		Registry:   registry,
@@ -170,7 +171,11 @@ func start(t testing.TB, opts ...func(*options)) *testServer {
 		Logger:     zerolog.New(logs),
 		Ready:      o.ready,
 		RateLimits: o.rates,
-	}))
+	}
+	if o.config != nil {
+		o.config(&cfg)
+	}
+	srv := httptest.NewServer(httpapi.New(cfg))
 	t.Cleanup(func() {
 		srv.Close()
 		violations, err := db.Verify(context.Background())

@@ -100,6 +100,27 @@ type Config struct {
 	// RateLimits, when set, is charged before each publish and claim
 	// (SPEC section 7); nil means no rate limits.
 	RateLimits RateLimiter
+	// Metrics, when set, hears about every answered request.
+	Metrics RequestObserver
+	// MetricsHandler, when set, is served without authentication at GET
+	// /metrics (MetricsPath).
+	MetricsHandler http.Handler
+	// MaxWaiters caps the listings that wait for a Welcome at once
+	// (?wait=); 0 means DefaultMaxWaiters. Beyond it a listing with no
+	// pending Welcome fails at once with 503 Unavailable and Retry-After.
+	MaxWaiters int
+	// Done, when closed, ends every waiting listing (it answers with what
+	// is pending, usually nothing): close it when the server starts to
+	// shut down, so that long-polls do not hold up the drain. nil means
+	// listings wait until their wait ends or the client goes away.
+	Done <-chan struct{}
+}
+
+// RequestObserver hears about every answered request: its route template
+// ("unmatched" when no route matched), status and duration.
+// *metrics.Metrics implements it.
+type RequestObserver interface {
+	ObserveRequest(route string, status int, d time.Duration)
 }
 
 // RateLimiter charges requests against rate limits. Its methods return nil,
@@ -124,11 +145,15 @@ type server struct {
 	log      zerolog.Logger
 	ready    func(ctx context.Context) error
 	rates    RateLimiter
+	metrics  RequestObserver
+	waiters  *waiterLimit
+	done     <-chan struct{}
 	router   *mux.Router
 }
 
 // New returns the HTTP handler of the API: every /v1 route of SPEC section
-// 5 except the admin routes, plus GET /healthz and GET /readyz.
+// 5 except the admin routes, plus GET /healthz, GET /readyz and, with
+// Config.MetricsHandler, GET /metrics.
 func New(cfg Config) http.Handler {
 	s := &server{
 		store:    cfg.Store,
@@ -140,11 +165,15 @@ func New(cfg Config) http.Handler {
 		log:      cfg.Logger,
 		ready:    cfg.Ready,
 		rates:    cfg.RateLimits,
+		metrics:  cfg.Metrics,
+		waiters:  newWaiterLimit(cfg.MaxWaiters),
+		done:     cfg.Done,
 		router:   mux.NewRouter(),
 	}
 	s.router.NotFoundHandler = http.HandlerFunc(s.notFound)
 	s.router.MethodNotAllowedHandler = http.HandlerFunc(s.methodNotAllowed)
 	s.registerHealth()
+	s.registerMetrics(cfg.MetricsHandler)
 	s.registerKeyPackages()
 	s.registerDevices()
 	s.registerClaims()

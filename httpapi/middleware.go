@@ -63,7 +63,8 @@ func validRequestID(s string) bool {
 
 // logRequests writes one log line per request: request id, method, route
 // template (never the raw path, which names devices), status, latency,
-// caller DID and bytes in and out. It never logs bodies or headers.
+// caller DID and bytes in and out. It never logs bodies or headers. It
+// also reports the request to Config.Metrics.
 func (s *server) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -76,12 +77,16 @@ func (s *server) logRequests(next http.Handler) http.Handler {
 		if route == "" {
 			route = "unmatched"
 		}
+		elapsed := time.Since(start)
+		if s.metrics != nil {
+			s.metrics.ObserveRequest(route, rec.statusCode(), elapsed)
+		}
 		s.log.Info().
 			Str("request_id", info.id).
 			Str("method", r.Method).
 			Str("route", route).
 			Int("status", rec.statusCode()).
-			Float64("latency_ms", float64(time.Since(start).Microseconds())/1000).
+			Float64("latency_ms", float64(elapsed.Microseconds())/1000).
 			Str("did", info.caller).
 			Int64("bytes_in", body.n).
 			Int64("bytes", rec.bytes).

@@ -101,9 +101,10 @@ type welcomesResponse struct {
 }
 
 // listWelcomes lists the device's pending Welcomes, oldest first.
-// ?convo_id= filters, ?limit= pages (1 to MaxListWelcomes) and ?wait= is
-// validated (a Go duration or seconds, at most 60 s) but the listing is
-// answered at once.
+// ?convo_id= filters, ?limit= pages (1 to MaxListWelcomes) and ?wait= (a
+// Go duration or seconds, at most 60 s) long-polls: with nothing pending,
+// the answer waits until a Welcome for the device arrives or the wait ends
+// (see pendingWelcomes).
 func (s *server) listWelcomes(w http.ResponseWriter, r *request) error {
 	q := r.URL.Query()
 	convoID, err := convoParam(r)
@@ -118,33 +119,35 @@ func (s *server) listWelcomes(w http.ResponseWriter, r *request) error {
 		}
 		limit = n
 	}
-	if v := q.Get("wait"); v != "" {
-		if err := checkWait(v); err != nil {
-			return err
-		}
+	wait, err := parseWait(q.Get("wait"))
+	if err != nil {
+		return err
 	}
-	list, err := s.store.PendingWelcomes(r.Context(), r.caller, r.device, kpd.ListWelcomesOptions{ConvoID: convoID, Limit: limit})
+	list, err := s.pendingWelcomes(r, kpd.ListWelcomesOptions{ConvoID: convoID, Limit: limit}, wait)
 	if err != nil {
 		return err
 	}
 	return s.respond(w, r.Request, http.StatusOK, welcomesResponse{Welcomes: nonNil(list)})
 }
 
-// checkWait checks a long-poll duration: a Go duration ("30s") or a number
-// of seconds, from 0 to maxWait.
-func checkWait(v string) error {
+// parseWait parses a long-poll duration: a Go duration ("30s") or a number
+// of seconds, from 0 to maxWait; "" is 0 (no waiting).
+func parseWait(v string) (time.Duration, error) {
+	if v == "" {
+		return 0, nil
+	}
 	d, err := time.ParseDuration(v)
 	if err != nil {
 		secs, serr := strconv.ParseFloat(v, 64)
 		if serr != nil || !(secs >= 0 && secs <= maxWait.Seconds()) {
-			return kpd.Errorf(kpd.CodeBadRequest, "wait must be a duration (30s) or a number of seconds, at most %s", maxWait)
+			return 0, kpd.Errorf(kpd.CodeBadRequest, "wait must be a duration (30s) or a number of seconds, at most %s", maxWait)
 		}
-		return nil
+		return time.Duration(secs * float64(time.Second)), nil
 	}
 	if d < 0 || d > maxWait {
-		return kpd.Errorf(kpd.CodeBadRequest, "wait must be from 0 to %s", maxWait)
+		return 0, kpd.Errorf(kpd.CodeBadRequest, "wait must be from 0 to %s", maxWait)
 	}
-	return nil
+	return d, nil
 }
 
 // convoParam returns the optional ?convo_id= filter.

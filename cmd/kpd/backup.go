@@ -33,21 +33,7 @@ func (f *adminTokenFlags) register(fs *flag.FlagSet, usage string) {
 
 // value returns the admin token, "" when neither flag is set.
 func (f *adminTokenFlags) value() (string, error) {
-	if f.file == "" {
-		return f.token, nil
-	}
-	if f.token != "" {
-		return "", usageErrorf("give --admin-token or --admin-token-file, not both")
-	}
-	b, err := os.ReadFile(f.file)
-	if err != nil {
-		return "", fmt.Errorf("--admin-token-file: %w", err)
-	}
-	tok := strings.TrimSpace(string(b))
-	if tok == "" {
-		return "", usageErrorf("--admin-token-file %s is empty", f.file)
-	}
-	return tok, nil
+	return readSecret("admin-token", f.token, f.file)
 }
 
 // serverToken is value for `kpd serve`, which refuses a short token.
@@ -90,10 +76,11 @@ func (f *backupFlags) check() error {
 	return nil
 }
 
-// startBackups starts the backup scheduler of f, if any; Close stops it.
-func (m *Main) startBackups(ctx context.Context, f backupFlags, src backup.Source, logger zerolog.Logger) {
+// startBackups starts the backup scheduler of f, if any, and returns it
+// (nil when backups are off); Close stops it.
+func (m *Main) startBackups(ctx context.Context, f backupFlags, src backup.Source, logger zerolog.Logger) *backup.Scheduler {
 	if f.dir == "" {
-		return
+		return nil
 	}
 	s := &backup.Scheduler{
 		Source:   src,
@@ -103,17 +90,9 @@ func (m *Main) startBackups(ctx context.Context, f backupFlags, src backup.Sourc
 		Clock:    m.Clock,
 		Logger:   logger.With().Str("component", "backup").Logger(),
 	}
-	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.Run(ctx)
-	}()
-	m.stopJobs = append(m.stopJobs, func() {
-		cancel()
-		<-done
-	})
+	m.startJob(ctx, s.Run)
 	logger.Info().Str("dir", f.dir).Dur("interval", f.interval).Int("keep", f.keep).Msg("scheduled backups on")
+	return s
 }
 
 // backup runs `kpd backup`: a snapshot of a running server's database

@@ -41,8 +41,12 @@ type Main struct {
 	served          chan error
 	logger          zerolog.Logger
 	shutdownTimeout time.Duration
-	// stopJobs stop the background jobs (scheduled backups); Close calls
-	// them after draining requests, before closing the database.
+	// metricsLn and metricsSrv serve /metrics on --metrics-addr, when set.
+	metricsLn  net.Listener
+	metricsSrv *http.Server
+	// stopJobs stop the background jobs (scheduled backups, the sweeper,
+	// the webhook dispatcher); Close calls them after draining requests,
+	// before closing the database.
 	stopJobs []func()
 }
 
@@ -109,6 +113,15 @@ func (m *Main) Addr() string {
 	return m.ln.Addr().String()
 }
 
+// MetricsAddr is the address of the --metrics-addr listener, once serve
+// has started; "" without one (the metrics are then on Addr).
+func (m *Main) MetricsAddr() string {
+	if m.metricsLn == nil {
+		return ""
+	}
+	return m.metricsLn.Addr().String()
+}
+
 // Wait blocks until ctx is done or the server stops on its own; it returns
 // at once for commands other than serve.
 func (m *Main) Wait(ctx context.Context) error {
@@ -126,17 +139,21 @@ func (m *Main) Wait(ctx context.Context) error {
 }
 
 // Close stops the server gracefully (in-flight requests may finish within the
-// shutdown timeout) and closes the database. It is safe to call more than once.
+// shutdown timeout; waiting long-polls end at once), stops the background
+// jobs and closes the database. It is safe to call more than once.
 func (m *Main) Close() error {
 	var errs []error
-	if m.srv != nil {
+	for _, srv := range []*http.Server{m.srv, m.metricsSrv} {
+		if srv == nil {
+			continue
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), m.shutdownTimeout)
-		if err := m.srv.Shutdown(ctx); err != nil {
+		if err := srv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("shutdown: %w", err))
 		}
 		cancel()
-		m.srv = nil
 	}
+	m.srv, m.metricsSrv = nil, nil
 	for _, stop := range m.stopJobs {
 		stop()
 	}
@@ -148,6 +165,22 @@ func (m *Main) Close() error {
 		m.db = nil
 	}
 	return errors.Join(errs...)
+}
+
+// startJob runs job in the background until Close, which cancels its
+// context and waits for it to return. The job outlives ctx's
+// cancellation: it stops with the server, after the requests drained.
+func (m *Main) startJob(ctx context.Context, job func(context.Context)) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		job(ctx)
+	}()
+	m.stopJobs = append(m.stopJobs, func() {
+		cancel()
+		<-done
+	})
 }
 
 func versionString() string {

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -20,9 +22,12 @@ import (
 	"github.com/kpd-dir/kpd/auth"
 	"github.com/kpd-dir/kpd/auth/atproto"
 	"github.com/kpd-dir/kpd/httpapi"
+	"github.com/kpd-dir/kpd/jobs"
 	"github.com/kpd-dir/kpd/kv"
+	"github.com/kpd-dir/kpd/metrics"
 	"github.com/kpd-dir/kpd/mls"
 	"github.com/kpd-dir/kpd/ratelimit"
+	"github.com/kpd-dir/kpd/webhook"
 )
 
 // serveConfig is everything `kpd serve` reads from flags and environment.
@@ -41,6 +46,13 @@ type serveConfig struct {
 	claimRetention  time.Duration
 	logLevel        string
 	shutdownTimeout time.Duration
+
+	consumedRetention time.Duration
+	welcomeRetention  time.Duration
+	sweepInterval     time.Duration
+	maxWaiters        int
+	metricsAddr       string
+	webhook           webhookFlags
 
 	serviceDID   string
 	plcURL       string
@@ -77,8 +89,14 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	durationVar(fs, &c.claimRetention, "claim-retention", 30*24*time.Hour, "how long a claimed KeyPackage waits for its Welcome")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	durationVar(fs, &c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests")
-	c.admin.register(fs, "bearer `token` of the admin routes (GET /v1/admin/backup), at least 16 characters; without one they are off")
+	c.admin.register(fs, "bearer `token` of the admin routes (GET /v1/admin/backup, /v1/admin/stats), at least 16 characters; without one they are off")
 	c.backups.register(fs)
+	durationVar(fs, &c.consumedRetention, "consumed-retention", kv.DefaultConsumedRetention, "how long the metadata of consumed KeyPackages, finished deliveries and their Welcomes is kept")
+	durationVar(fs, &c.welcomeRetention, "welcome-retention", kv.DefaultWelcomeRetention, "how long a Welcome waits for its device before its delivery expires")
+	durationVar(fs, &c.sweepInterval, "sweep-interval", jobs.DefaultSweepInterval, "time between sweeps of expired KeyPackages and of records past their retention")
+	fs.IntVar(&c.maxWaiters, "max-waiters", httpapi.DefaultMaxWaiters, "Welcome listings that may wait (?wait=) at once; beyond, 503")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve GET /metrics on this `address` only, instead of on --listen")
+	c.webhook.register(fs)
 }
 
 // serve opens the database, binds the listener and starts serving in the
@@ -109,7 +127,8 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	rates, err := c.rateLimits(m.Clock)
+	met := metrics.New(metrics.Options{Logger: logger.With().Str("component", "metrics").Logger()})
+	rates, err := c.rateLimits(m.Clock, met.RateLimited)
 	if err != nil {
 		return err
 	}
@@ -120,27 +139,60 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 	if err := c.backups.check(); err != nil {
 		return err
 	}
+	if c.sweepInterval < time.Second {
+		return usageErrorf("--sweep-interval %s: want at least 1s", c.sweepInterval)
+	}
+	hook, err := c.webhook.dispatcher(m.Clock, logger.With().Str("component", "webhook").Logger())
+	if err != nil {
+		return err
+	}
 
+	var observer kv.Observer = met
+	if hook != nil {
+		hook.Observer = met.WebhookDelivery
+		observer = wakingObserver{Metrics: met, wake: hook.Notify}
+	}
 	db, err := kv.Open(c.db, &kv.Options{
 		Clock:                m.Clock,
 		LowWatermark:         c.lowWatermark,
 		MaxAvailablePerSuite: c.maxAvailable,
 		MaxDevicesPerDID:     c.maxDevices,
 		ClaimRetention:       c.claimRetention,
+		ConsumedRetention:    c.consumedRetention,
+		WelcomeRetention:     c.welcomeRetention,
+		Outbox:               hook != nil,
+		Observer:             observer,
 	})
 	if err != nil {
 		return err
 	}
 	m.db = db
+	met.CollectStats(db)
 	if authn == nil {
 		authn = auth.NewTokenAuth(db)
 	}
 
+	var metricsHandler http.Handler
+	if c.metricsAddr == "" {
+		metricsHandler = met.Handler()
+	} else if err := m.serveMetrics(c.metricsAddr, met.Handler(), logger); err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
 	m.ln = ln
+
+	sched := m.startBackups(ctx, c.backups, db, logger)
+	var lastBackup func() time.Time
+	if sched != nil {
+		lastBackup = sched.LastSuccess
+		met.CollectLastBackup(lastBackup)
+	}
+	// Waiting long-polls end when the shutdown begins, not when it times
+	// out.
+	shuttingDown := make(chan struct{})
 
 	handler := httpapi.New(httpapi.Config{
 		Store:    db,
@@ -152,20 +204,26 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 			AllowX509:         c.allowX509,
 			SkipIdentityCheck: !c.identityCheck,
 		},
-		Clock:      m.Clock,
-		Logger:     logger,
-		Ready:      db.Ready,
-		RateLimits: rates,
+		Clock:          m.Clock,
+		Logger:         logger,
+		Ready:          db.Ready,
+		RateLimits:     rates,
+		Metrics:        met,
+		MetricsHandler: metricsHandler,
+		MaxWaiters:     c.maxWaiters,
+		Done:           shuttingDown,
 	})
 	// The admin routes have their own token. A snapshot is staged beside
 	// the database, on its file system rather than a /tmp that may live
 	// in memory.
 	mux := http.NewServeMux()
 	mux.Handle("/v1/admin/", httpapi.NewAdmin(httpapi.AdminConfig{
-		Token:     adminToken,
-		Snapshots: db,
-		SpoolDir:  filepath.Dir(c.db),
-		Logger:    logger,
+		Token:      adminToken,
+		Snapshots:  db,
+		SpoolDir:   filepath.Dir(c.db),
+		Logger:     logger,
+		Stats:      db,
+		LastBackup: lastBackup,
 	}))
 	mux.Handle("/", handler)
 	m.srv = &http.Server{
@@ -179,6 +237,7 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 		ErrorLog:       newStdLogger(logger),
 		BaseContext:    func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
+	m.srv.RegisterOnShutdown(sync.OnceFunc(func() { close(shuttingDown) }))
 	m.shutdownTimeout = c.shutdownTimeout
 	m.logger = logger
 
@@ -197,9 +256,21 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 		Str("db", c.db).
 		Str("auth", c.authMode).
 		Uints16("suites", suiteIDs).
+		Str("metrics", m.MetricsAddr()).
+		Str("webhook", c.webhook.target()).
 		Msg("kpd listening on http://" + ln.Addr().String())
 
-	m.startBackups(ctx, c.backups, db, logger)
+	m.startJob(ctx, (&jobs.Sweeper{
+		Store:    db,
+		Interval: c.sweepInterval,
+		Clock:    m.Clock,
+		Logger:   logger.With().Str("component", "sweeper").Logger(),
+		Observer: met,
+	}).Run)
+	if hook != nil {
+		hook.Source = db
+		m.startJob(ctx, hook.Run)
+	}
 
 	m.served = make(chan error, 1)
 	srv := m.srv
@@ -263,10 +334,10 @@ func (c *serveConfig) authenticator(clock kpd.Clock) (auth.Authenticator, error)
 	}
 }
 
-// rateLimits returns the rate-limit policy of the --*-limit flags.
-func (c *serveConfig) rateLimits(clock kpd.Clock) (httpapi.RateLimiter, error) {
-	var cfg ratelimit.Config
-	cfg.Clock = clock
+// rateLimits returns the rate-limit policy of the --*-limit flags, which
+// reports every refusal to onLimited.
+func (c *serveConfig) rateLimits(clock kpd.Clock, onLimited func(limit string)) (httpapi.RateLimiter, error) {
+	cfg := ratelimit.Config{Clock: clock, OnLimited: onLimited}
 	for _, f := range []struct {
 		flag, spec string
 		dst        *ratelimit.Limit
@@ -321,4 +392,113 @@ func parseRate(spec string) (ratelimit.Limit, error) {
 		return l, nil
 	}
 	return ratelimit.Limit{}, fmt.Errorf("%q: unit must be s, m or h", spec)
+}
+
+// minWebhookSecretLength is the shortest webhook secret `kpd serve`
+// accepts.
+const minWebhookSecretLength = 16
+
+// webhookFlags are the webhook flags of `kpd serve`.
+type webhookFlags struct {
+	url, secret, secretFile string
+}
+
+func (f *webhookFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.url, "webhook-url", "", "POST every event (low and exhausted pools, last resorts, new Welcomes) to this `URL`; off when empty")
+	fs.StringVar(&f.secret, "webhook-secret", "", "`secret` (at least 16 characters) that signs webhook requests (prefer --webhook-secret-file or KPD_WEBHOOK_SECRET: a flag shows in ps)")
+	fs.StringVar(&f.secretFile, "webhook-secret-file", "", "read the webhook secret from this `file` (surrounding white space ignored)")
+}
+
+// dispatcher returns the webhook dispatcher of the flags, without its
+// Source, or nil when --webhook-url is not set.
+func (f *webhookFlags) dispatcher(clock kpd.Clock, logger zerolog.Logger) (*webhook.Dispatcher, error) {
+	if f.url == "" {
+		return nil, nil
+	}
+	u, err := url.Parse(f.url)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, usageErrorf("--webhook-url %q: want an http or https URL", f.url)
+	}
+	secret, err := readSecret("webhook-secret", f.secret, f.secretFile)
+	if err != nil {
+		return nil, err
+	}
+	if len(secret) < minWebhookSecretLength {
+		return nil, usageErrorf("--webhook-url needs --webhook-secret or --webhook-secret-file of at least %d characters (for example: openssl rand -hex 32)", minWebhookSecretLength)
+	}
+	return &webhook.Dispatcher{
+		URL:    f.url,
+		Secret: []byte(secret),
+		Clock:  clock,
+		Logger: logger,
+	}, nil
+}
+
+// target names the webhook receiver for the start-up log: scheme and host
+// only, since the rest of a URL may carry credentials.
+func (f *webhookFlags) target() string {
+	u, err := url.Parse(f.url)
+	if f.url == "" || err != nil {
+		return ""
+	}
+	return u.Scheme + "://" + u.Host
+}
+
+// readSecret returns a secret given as --NAME or, from a file, as
+// --NAME-file; "" when neither is set.
+func readSecret(name, value, file string) (string, error) {
+	if file == "" {
+		return value, nil
+	}
+	if value != "" {
+		return "", usageErrorf("give --%s or --%s-file, not both", name, name)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--%s-file: %w", name, err)
+	}
+	secret := strings.TrimSpace(string(b))
+	if secret == "" {
+		return "", usageErrorf("--%s-file %s is empty", name, file)
+	}
+	return secret, nil
+}
+
+// wakingObserver counts the store's changes in the metrics and wakes the
+// webhook dispatcher after every commit, so that the events a commit wrote
+// go out at once rather than at the next poll.
+type wakingObserver struct {
+	*metrics.Metrics
+	wake func()
+}
+
+func (o wakingObserver) CommitBatch(ops int, d time.Duration) {
+	o.Metrics.CommitBatch(ops, d)
+	o.wake()
+}
+
+// serveMetrics serves h at GET /metrics on its own listener at addr, until
+// Close.
+func (m *Main) serveMetrics(addr string, h http.Handler, logger zerolog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on --metrics-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET "+httpapi.MetricsPath, h)
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          newStdLogger(logger),
+	}
+	m.metricsLn, m.metricsSrv = ln, srv
+	go func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			logger.Error().Err(err).Msg("metrics listener stopped")
+		}
+	}()
+	return nil
 }

@@ -1,0 +1,359 @@
+// Package webhook delivers kpd's outbox events (SPEC section 8) to an
+// operator's HTTP endpoint, and lets receivers verify them.
+//
+// A Dispatcher reads the durable outbox in Seq order and POSTs each event as
+// JSON, signed with HMAC-SHA256 (see Sign and Verify). A 2xx answer deletes
+// the event from the outbox; anything else is retried with exponential
+// backoff and full jitter. Delivery is at least once: an event delivered
+// just before a crash, or whose deletion failed, is sent again with the same
+// Kpd-Event-Id, by which receivers drop duplicates. The events of one device
+// are delivered in order: while one of them fails, that device's later
+// events wait, and other devices' events go on.
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/kpd-dir/kpd"
+)
+
+// Defaults of Dispatcher.
+const (
+	DefaultTimeout      = 10 * time.Second
+	DefaultPollInterval = time.Second
+	DefaultBackoffBase  = time.Second
+	DefaultBackoffCap   = 5 * time.Minute
+	// pageSize is how many events one outbox read returns.
+	pageSize = 100
+)
+
+// Headers of a delivery besides SignatureHeader.
+const (
+	// EventIDHeader is the event's stable id (kpd.Event.ID), equal across
+	// retries: receivers drop the duplicates of an id they processed.
+	EventIDHeader = "Kpd-Event-Id"
+	// EventTypeHeader is the event's type (kpd.Event.Type), for routing
+	// without parsing the body.
+	EventTypeHeader = "Kpd-Event-Type"
+)
+
+// Outcomes of one delivery attempt, as passed to Dispatcher.Observer.
+const (
+	OutcomeDelivered = "delivered"
+	OutcomeFailed    = "failed"
+)
+
+// Source is the durable outbox; *kv.DB implements it.
+type Source interface {
+	// PendingEvents returns up to limit undelivered events with Seq >
+	// afterSeq, in Seq order.
+	PendingEvents(ctx context.Context, afterSeq uint64, limit int) ([]kpd.Event, error)
+	// DeleteEvents removes delivered events; unknown seqs are ignored.
+	DeleteEvents(ctx context.Context, seqs []uint64) error
+}
+
+// Dispatcher delivers the events of Source to URL. Configure it before Run
+// and do not change it afterwards.
+type Dispatcher struct {
+	// Source is the outbox; required.
+	Source Source
+	// URL receives one POST per event; required.
+	URL string
+	// Secret signs every request (SignatureHeader); required.
+	Secret []byte
+	// Client sends the requests; nil means a client with DefaultTimeout.
+	Client *http.Client
+	// Clock gives the signature timestamps; nil means time.Now. Waiting
+	// (polling and backoff) uses real timers.
+	Clock kpd.Clock
+	// Logger receives a line per failed attempt (warn) and per delivered
+	// event (debug). It never sees the secret or the request body.
+	Logger zerolog.Logger
+	// Observer, when set, is called with OutcomeDelivered or OutcomeFailed
+	// after every attempt (for the kpd_webhook_deliveries_total metric).
+	Observer func(outcome string)
+	// PollInterval is how often the outbox is read when Notify is not
+	// called; 0 means DefaultPollInterval.
+	PollInterval time.Duration
+	// Backoff returns how long to wait before the next attempt after the
+	// n-th consecutive failure (n from 1) of a device's event; nil means
+	// FullJitter(DefaultBackoffBase, DefaultBackoffCap).
+	Backoff func(n int) time.Duration
+
+	wakeOnce sync.Once
+	wake     chan struct{}
+}
+
+// FullJitter is exponential backoff with full jitter: after the n-th
+// failure, a uniformly random wait in [0, min(limit, base·2^(n-1))].
+func FullJitter(base, limit time.Duration) func(n int) time.Duration {
+	return func(n int) time.Duration {
+		ceiling := base
+		for i := 1; i < n && ceiling < limit; i++ {
+			ceiling *= 2
+		}
+		ceiling = min(ceiling, limit)
+		if ceiling <= 0 {
+			return 0
+		}
+		return rand.N(ceiling + 1)
+	}
+}
+
+// Notify wakes a running dispatcher to read the outbox now, e.g. after a
+// commit that wrote events. It never blocks and is safe to call at any
+// time, from any goroutine.
+func (d *Dispatcher) Notify() {
+	select {
+	case d.wakeChan() <- struct{}{}:
+	default:
+	}
+}
+
+// wakeChan returns the channel of Notify, made on first use.
+func (d *Dispatcher) wakeChan() chan struct{} {
+	d.wakeOnce.Do(func() { d.wake = make(chan struct{}, 1) })
+	return d.wake
+}
+
+// retry is the backoff state of a device whose event failed.
+type retry struct {
+	failures int
+	next     time.Time
+}
+
+// deviceKey names a device in the retry state.
+type deviceKey struct{ did, device string }
+
+// Run delivers events until ctx is done, then returns; an attempt in
+// progress is abandoned (its event stays in the outbox). Failures are
+// logged and retried, never returned.
+//
+// Run passes over the outbox when Notify is called, every PollInterval,
+// and when a retry is due. Outbox sequences grow in commit order, so most
+// passes read only the events added since the last one; a pass reads the
+// whole outbox (at most once per PollInterval) when a device's retry is
+// due, and after a failure to read or delete events.
+func (d *Dispatcher) Run(ctx context.Context) {
+	wake := d.wakeChan()
+	p := &passes{
+		d:       d,
+		client:  d.Client,
+		backoff: d.Backoff,
+		poll:    d.PollInterval,
+		retries: map[deviceKey]*retry{},
+		rescan:  true,
+	}
+	if p.client == nil {
+		p.client = &http.Client{Timeout: DefaultTimeout}
+	}
+	if p.backoff == nil {
+		p.backoff = FullJitter(DefaultBackoffBase, DefaultBackoffCap)
+	}
+	if p.poll <= 0 {
+		p.poll = DefaultPollInterval
+	}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-wake:
+		}
+		p.pass(ctx)
+		timer.Reset(p.nextWait())
+	}
+}
+
+// passes is the state Run keeps across passes over the outbox.
+type passes struct {
+	d       *Dispatcher
+	client  *http.Client
+	backoff func(int) time.Duration
+	poll    time.Duration
+	// retries holds the devices whose oldest event failed: their later
+	// events wait for it.
+	retries map[deviceKey]*retry
+	// high is the highest Seq examined: events above it are new.
+	high uint64
+	// lastFull is when the last pass over the whole outbox started.
+	lastFull time.Time
+	// rescan asks for a pass over the whole outbox.
+	rescan bool
+}
+
+// retryDue reports whether a device's retry is due and a pass over the
+// whole outbox is allowed.
+func (p *passes) retryDue() bool {
+	if time.Since(p.lastFull) < p.poll {
+		return false
+	}
+	now := time.Now()
+	for _, rt := range p.retries {
+		if !now.Before(rt.next) {
+			return true
+		}
+	}
+	return false
+}
+
+// nextWait is how long Run waits for a Notify before the next pass: the
+// poll interval, or less when a retry falls due sooner (but not before a
+// pass over the whole outbox is allowed again).
+func (p *passes) nextWait() time.Duration {
+	wait := p.poll
+	for _, rt := range p.retries {
+		wait = min(wait, time.Until(rt.next))
+	}
+	return max(wait, time.Until(p.lastFull.Add(p.poll)), 0)
+}
+
+// pass attempts, in Seq order, the events of devices that are not
+// blocked: from the start of the outbox when a retry is due or a rescan
+// was asked for, otherwise the events added since the last pass. A device
+// with a failed event is blocked for the whole pass from that event on,
+// and, until its retry is due and a whole pass reaches the event again,
+// in later passes too.
+func (p *passes) pass(ctx context.Context) {
+	full := p.rescan || p.retryDue()
+	after := p.high
+	if full {
+		after, p.lastFull, p.rescan = 0, time.Now(), false
+	}
+	blocked := map[deviceKey]bool{}
+	seen := map[deviceKey]bool{}
+	for ctx.Err() == nil {
+		events, err := p.d.Source.PendingEvents(ctx, after, pageSize)
+		if err != nil {
+			if ctx.Err() == nil {
+				p.rescan = true
+				p.d.Logger.Error().Err(err).Msg("webhook: read outbox")
+			}
+			return
+		}
+		var delivered []uint64
+		for _, ev := range events {
+			p.high = max(p.high, ev.Seq)
+			key := deviceKey{ev.DID, ev.Device}
+			seen[key] = true
+			if blocked[key] {
+				continue
+			}
+			if rt := p.retries[key]; rt != nil && (!full || time.Now().Before(rt.next)) {
+				blocked[key] = true
+				continue
+			}
+			if err := p.d.deliver(ctx, p.client, ev); err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				blocked[key] = true
+				p.failed(key, ev, err)
+				continue
+			}
+			delete(p.retries, key)
+			delivered = append(delivered, ev.Seq)
+			p.d.observe(OutcomeDelivered)
+			p.d.Logger.Debug().Str("event_id", ev.ID).Str("type", ev.Type).Msg("webhook delivered")
+		}
+		if len(delivered) > 0 {
+			// A failure here only means duplicates: the next pass reads
+			// the whole outbox and delivers these events again, and
+			// receivers drop them by id.
+			if err := p.d.Source.DeleteEvents(context.WithoutCancel(ctx), delivered); err != nil {
+				p.rescan = true
+				p.d.Logger.Error().Err(err).Int("events", len(delivered)).Msg("webhook: delete delivered events")
+			}
+		}
+		if len(events) < pageSize {
+			break
+		}
+		after = events[len(events)-1].Seq
+	}
+	if full && ctx.Err() == nil {
+		// Devices with nothing left in the outbox (their events were
+		// delivered, dropped or deleted with the device) need no backoff
+		// state.
+		for key := range p.retries {
+			if !seen[key] {
+				delete(p.retries, key)
+			}
+		}
+	}
+}
+
+// failed records a failed attempt of ev and schedules the device's retry.
+func (p *passes) failed(key deviceKey, ev kpd.Event, err error) {
+	rt := p.retries[key]
+	if rt == nil {
+		rt = &retry{}
+		p.retries[key] = rt
+	}
+	rt.failures++
+	wait := p.backoff(rt.failures)
+	rt.next = time.Now().Add(wait)
+	p.d.observe(OutcomeFailed)
+	p.d.Logger.Warn().Err(err).
+		Str("event_id", ev.ID).
+		Str("type", ev.Type).
+		Int("failures", rt.failures).
+		Dur("retry_in", wait).
+		Msg("webhook delivery failed")
+}
+
+func (d *Dispatcher) observe(outcome string) {
+	if d.Observer != nil {
+		d.Observer(outcome)
+	}
+}
+
+// maxResponseDrain is how much of a response body is read (and dropped) so
+// that the connection can be reused.
+const maxResponseDrain = 64 << 10
+
+// deliver POSTs one event; a non-2xx answer is an error.
+func (d *Dispatcher) deliver(ctx context.Context, client *http.Client, ev kpd.Event) error {
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.URL, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "kpd-webhook")
+	req.Header.Set(SignatureHeader, Sign(d.Secret, d.Clock.Now(), body))
+	req.Header.Set(EventIDHeader, ev.ID)
+	req.Header.Set(EventTypeHeader, ev.Type)
+	resp, err := client.Do(req)
+	if err != nil {
+		// Not the *url.Error itself: it names the URL, whose query may
+		// hold a credential of the receiver, and the error is logged.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	_, _ = io.CopyN(io.Discard, resp.Body, maxResponseDrain)
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("receiver answered %s", resp.Status)
+	}
+	return nil
+}
