@@ -1,8 +1,6 @@
 package backup_test
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"io"
 	"os"
@@ -16,61 +14,14 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/kpd-dir/kpd/backup"
+	"github.com/kpd-dir/kpd/internal/testkit"
 )
 
-// stepClock is a clock that moves a minute forward each time it is read.
-type stepClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *stepClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(time.Minute)
-	return c.now
-}
-
-// lockedBuffer is a log sink safe for the scheduler's goroutine and the
-// test.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// runScheduler runs s until stop is called; stop waits for Run to return
-// and fails the test if it does not within 5 s.
-func runScheduler(t *testing.T, s *backup.Scheduler) (stop func()) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	returned := make(chan struct{})
-	go func() {
-		s.Run(ctx)
-		close(returned)
-	}()
-	stop = func() {
-		t.Helper()
-		cancel()
-		select {
-		case <-returned:
-		case <-time.After(5 * time.Second):
-			t.Fatal("Run did not return after its context ended")
-		}
-	}
-	t.Cleanup(stop)
-	return stop
+// stepClock returns a clock, starting at start, that moves a minute
+// forward each time it is read.
+func stepClock(start time.Time) func() time.Time {
+	c := testkit.NewClock(start)
+	return func() time.Time { return c.Advance(time.Minute) }
 }
 
 func TestSchedulerKeepsNewest(t *testing.T) {
@@ -87,12 +38,11 @@ func TestSchedulerKeepsNewest(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	clock := &stepClock{now: t0}
 	var mu sync.Mutex
 	var taken []time.Time
-	logs := &lockedBuffer{}
+	logs := &testkit.SyncBuffer{}
 	s := &backup.Scheduler{
-		Source: db, Dir: dir, Interval: 5 * time.Millisecond, Keep: 3, Clock: clock.Now,
+		Source: db, Dir: dir, Interval: 5 * time.Millisecond, Keep: 3, Clock: stepClock(t0),
 		Logger: zerolog.New(logs),
 		OnSuccess: func(at time.Time) {
 			mu.Lock()
@@ -100,7 +50,7 @@ func TestSchedulerKeepsNewest(t *testing.T) {
 			taken = append(taken, at)
 		},
 	}
-	stop := runScheduler(t, s)
+	stop := testkit.Start(t, s.Run)
 	waitFor(t, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -144,7 +94,7 @@ func TestSchedulerWaitsForInterval(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := &backup.Scheduler{Source: db, Dir: dir, Interval: time.Hour, Clock: func() time.Time { return t0 }}
-	stop := runScheduler(t, s)
+	stop := testkit.Start(t, s.Run)
 	time.Sleep(100 * time.Millisecond)
 	stop()
 	if got := dirNames(t, dir); len(got) != 2 {
@@ -157,7 +107,7 @@ func TestSchedulerWaitsForInterval(t *testing.T) {
 
 func TestSchedulerFailuresAndShutdown(t *testing.T) {
 	dir := t.TempDir()
-	logs := &lockedBuffer{}
+	logs := &testkit.SyncBuffer{}
 	var mu sync.Mutex
 	attempts := 0
 	failing := backup.SourceFunc(func(io.Writer) (int64, error) {
@@ -166,9 +116,9 @@ func TestSchedulerFailuresAndShutdown(t *testing.T) {
 		attempts++
 		return 0, errors.New("disk on fire")
 	})
-	s := &backup.Scheduler{Source: failing, Dir: dir, Interval: 5 * time.Millisecond, Clock: (&stepClock{now: t0}).Now,
+	s := &backup.Scheduler{Source: failing, Dir: dir, Interval: 5 * time.Millisecond, Clock: stepClock(t0),
 		Logger: zerolog.New(logs)}
-	stop := runScheduler(t, s)
+	stop := testkit.Start(t, s.Run)
 	waitFor(t, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -184,7 +134,7 @@ func TestSchedulerFailuresAndShutdown(t *testing.T) {
 
 	// A snapshot in progress stops with the context, silently, and leaves
 	// no temporary file.
-	logs = &lockedBuffer{}
+	logs = &testkit.SyncBuffer{}
 	writing := make(chan struct{})
 	var once sync.Once
 	endless := backup.SourceFunc(func(w io.Writer) (int64, error) {
@@ -200,9 +150,9 @@ func TestSchedulerFailuresAndShutdown(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	})
-	s = &backup.Scheduler{Source: endless, Dir: dir, Interval: time.Hour, Clock: (&stepClock{now: t0}).Now,
+	s = &backup.Scheduler{Source: endless, Dir: dir, Interval: time.Hour, Clock: stepClock(t0),
 		Logger: zerolog.New(logs)}
-	stop = runScheduler(t, s)
+	stop = testkit.Start(t, s.Run)
 	<-writing
 	stop()
 	if l := logs.String(); l != "" {

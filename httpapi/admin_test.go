@@ -20,6 +20,7 @@ import (
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/httpapi"
+	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/kv"
 )
 
@@ -31,7 +32,7 @@ var adminTestNow = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 // adminTestServer serves NewAdmin over a database in t.TempDir() on
 // loopback, spooling into spoolDir, and returns its URL, the database and
 // the log sink.
-func adminTestServer(t *testing.T, token, spoolDir string) (string, *kv.DB, *syncBuffer) {
+func adminTestServer(t *testing.T, token, spoolDir string) (string, *kv.DB, *testkit.SyncBuffer) {
 	t.Helper()
 	db, err := kv.Open(filepath.Join(t.TempDir(), "kpd.db"), &kv.Options{
 		Clock: func() time.Time { return adminTestNow }, MaxAvailablePerSuite: 1000, NoSync: true})
@@ -39,7 +40,7 @@ func adminTestServer(t *testing.T, token, spoolDir string) (string, *kv.DB, *syn
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	srv := httptest.NewServer(httpapi.NewAdmin(httpapi.AdminConfig{Token: token, Snapshots: db, SpoolDir: spoolDir,
 		Logger: zerolog.New(logs)}))
 	t.Cleanup(srv.Close)
@@ -61,25 +62,6 @@ func adminPublish(t *testing.T, db *kv.DB, did string, n, size int) {
 	if _, _, err := db.Publish(context.Background(), did, "dev1", kps); err != nil {
 		t.Errorf("publish: %v", err)
 	}
-}
-
-// adminGet sends a request with the given Authorization header (none when
-// empty).
-func adminGet(t *testing.T, method, url, authorization string) *http.Response {
-	t.Helper()
-	req, err := http.NewRequest(method, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if authorization != "" {
-		req.Header.Set("Authorization", authorization)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { resp.Body.Close() })
-	return resp
 }
 
 // adminWantProblem checks that resp is a problem document with status and
@@ -107,15 +89,15 @@ func TestAdminBackupNeedsToken(t *testing.T) {
 	url, _, logs := adminTestServer(t, adminTestToken, "")
 	for _, auth := range []string{"", "Bearer", "Bearer " + adminTestToken + "x", "Bearer " + adminTestToken[1:],
 		"Basic " + adminTestToken} {
-		resp := adminGet(t, http.MethodGet, url+httpapi.AdminBackupPath, auth)
+		resp := testkit.Do(t, http.MethodGet, url+httpapi.AdminBackupPath, auth)
 		adminWantProblem(t, resp, http.StatusUnauthorized, kpd.CodeUnauthorized)
 		if resp.Header.Get("WWW-Authenticate") == "" {
 			t.Errorf("401 for %q without a WWW-Authenticate challenge", auth)
 		}
 	}
-	adminWantProblem(t, adminGet(t, http.MethodPost, url+httpapi.AdminBackupPath, "Bearer "+adminTestToken),
+	adminWantProblem(t, testkit.Do(t, http.MethodPost, url+httpapi.AdminBackupPath, "Bearer "+adminTestToken),
 		http.StatusMethodNotAllowed, kpd.CodeBadRequest)
-	adminWantProblem(t, adminGet(t, http.MethodGet, url+"/v1/admin/nothing", "Bearer "+adminTestToken),
+	adminWantProblem(t, testkit.Do(t, http.MethodGet, url+"/v1/admin/nothing", "Bearer "+adminTestToken),
 		http.StatusNotFound, kpd.CodeNotFound)
 	if strings.Contains(logs.String(), adminTestToken[1:]) {
 		t.Errorf("the admin token is in the logs:\n%s", logs)
@@ -125,7 +107,7 @@ func TestAdminBackupNeedsToken(t *testing.T) {
 func TestAdminRoutesOffWithoutToken(t *testing.T) {
 	url, _, _ := adminTestServer(t, "", "")
 	for _, auth := range []string{"", "Bearer ", "Bearer anything"} {
-		adminWantProblem(t, adminGet(t, http.MethodGet, url+httpapi.AdminBackupPath, auth), http.StatusNotFound, kpd.CodeNotFound)
+		adminWantProblem(t, testkit.Do(t, http.MethodGet, url+httpapi.AdminBackupPath, auth), http.StatusNotFound, kpd.CodeNotFound)
 	}
 }
 
@@ -142,7 +124,7 @@ func TestAdminBackupWhileServing(t *testing.T) {
 	for range kps / 50 {
 		adminPublish(t, db, "did:plc:alice", 50, 60<<10)
 	}
-	resp := adminGet(t, http.MethodGet, url+httpapi.AdminBackupPath, "Bearer "+adminTestToken)
+	resp := testkit.Do(t, http.MethodGet, url+httpapi.AdminBackupPath, "Bearer "+adminTestToken)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
@@ -175,7 +157,7 @@ func TestAdminBackupWhileServing(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("writers blocked while a snapshot was being sent")
 	}
-	busy := adminGet(t, http.MethodGet, url+httpapi.AdminBackupPath, "Bearer "+adminTestToken)
+	busy := testkit.Do(t, http.MethodGet, url+httpapi.AdminBackupPath, "Bearer "+adminTestToken)
 	adminWantProblem(t, busy, http.StatusServiceUnavailable, kpd.CodeUnavailable)
 	if busy.Header.Get("Retry-After") == "" {
 		t.Error("503 without Retry-After")
@@ -239,11 +221,11 @@ func (adminFailingSnapshotter) WriteSnapshot(w io.Writer) (int64, error) {
 }
 
 func TestAdminBackupFailureIsInternal(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	srv := httptest.NewServer(httpapi.NewAdmin(httpapi.AdminConfig{Token: adminTestToken,
 		Snapshots: adminFailingSnapshotter{}, Logger: zerolog.New(logs)}))
 	defer srv.Close()
-	resp := adminGet(t, http.MethodGet, srv.URL+httpapi.AdminBackupPath, "Bearer "+adminTestToken)
+	resp := testkit.Do(t, http.MethodGet, srv.URL+httpapi.AdminBackupPath, "Bearer "+adminTestToken)
 	adminWantProblem(t, resp, http.StatusInternalServerError, kpd.CodeInternal)
 	if !strings.Contains(logs.String(), "database not open") {
 		t.Errorf("internal error not logged:\n%s", logs)

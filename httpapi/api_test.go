@@ -250,7 +250,7 @@ func TestTokenAuthentication(t *testing.T) {
 	}
 	kp := fixture(t, 1).KeyPackages["alice_dev1"]
 	pub := must(client.New(s.URL, tok).Publish(ctx, "dev1", [][]byte{kp.Message}))(t)
-	if pub.Results[0].Ref != kp.ref() {
+	if pub.Results[0].Ref != kp.Ref() {
 		t.Fatalf("publish with a token: %+v", pub.Results)
 	}
 	for _, bad := range []string{tok + "x", alice, ""} {

@@ -4,13 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +17,7 @@ import (
 	"github.com/kpd-dir/kpd/auth"
 	"github.com/kpd-dir/kpd/client"
 	"github.com/kpd-dir/kpd/httpapi"
+	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/kv"
 	"github.com/kpd-dir/kpd/mls"
 	"github.com/kpd-dir/kpd/mls/mlstest"
@@ -27,77 +25,15 @@ import (
 
 // DIDs of the tests. Alice's is the identity of the fixtures' KeyPackages.
 const (
-	alice = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+	alice = testkit.AliceDID
 	bob   = "did:plc:bobbobbobbobbobbobbobbob"
 	carol = "did:plc:carolcarolcarolcarolcaro"
 )
 
-// fixtureKP is one KeyPackage of testdata/mls/tsmls-fixtures.json.
-type fixtureKP struct {
-	Bare       []byte `json:"key_package_b64"`
-	Message    []byte `json:"mls_message_b64"`
-	RefHex     string `json:"ref_hex"`
-	Identity   string `json:"identity"`
-	NotBefore  int64  `json:"not_before"`
-	NotAfter   int64  `json:"not_after"`
-	LastResort bool   `json:"last_resort"`
-}
-
-func (k fixtureKP) ref() kpd.Ref { return kpd.Ref(k.RefHex) }
-
-// fixtureSuite is one suite's fixtures.
-type fixtureSuite struct {
-	ID          uint16               `json:"id"`
-	Name        string               `json:"name"`
-	KeyPackages map[string]fixtureKP `json:"key_packages"`
-	Invalid     struct {
-		BadSignature  []byte `json:"bad_signature_b64"`
-		Truncated     []byte `json:"truncated_b64"`
-		TrailingBytes []byte `json:"trailing_bytes_b64"`
-	} `json:"invalid"`
-	Welcome struct {
-		Message []byte   `json:"mls_message_b64"`
-		Refs    []string `json:"new_member_refs_hex"`
-	} `json:"welcome"`
-}
-
-// loadFixtures parses the fixtures once; they are only read afterwards.
-var loadFixtures = sync.OnceValues(func() (map[uint16]*fixtureSuite, error) {
-	raw, err := os.ReadFile("../testdata/mls/tsmls-fixtures.json")
-	if err != nil {
-		return nil, err
-	}
-	var doc struct {
-		Suites []*fixtureSuite `json:"suites"`
-	}
-	if err := json.Unmarshal(raw, &doc); err != nil {
-		return nil, err
-	}
-	m := make(map[uint16]*fixtureSuite, len(doc.Suites))
-	for _, s := range doc.Suites {
-		m[s.ID] = s
-	}
-	return m, nil
-})
-
-// fixture returns the fixtures of one suite.
-func fixture(t testing.TB, suite uint16) *fixtureSuite {
+// fixture returns the ts-mls fixtures of one suite.
+func fixture(t testing.TB, suite uint16) *testkit.FixtureSuite {
 	t.Helper()
-	fx, err := loadFixtures()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, ok := fx[suite]
-	if !ok {
-		t.Fatalf("no fixtures for suite %d", suite)
-	}
-	return s
-}
-
-// fixtureNow is a time at which every valid fixture KeyPackage is valid:
-// alice_dev1's not_before plus one hour.
-func fixtureNow(t testing.TB) time.Time {
-	return time.Unix(fixture(t, 1).KeyPackages["alice_dev1"].NotBefore, 0).Add(time.Hour)
+	return testkit.Fixtures(t).Suite(t, suite)
 }
 
 // extraSuites configures the fixtures' private code points 77 and 83.
@@ -124,19 +60,20 @@ type testServer struct {
 	db       *kv.DB
 	registry *mls.Registry
 	now      time.Time
-	logs     *syncBuffer
+	logs     *testkit.SyncBuffer
 }
 
 // start serves httpapi.New on a fresh kv database in t.TempDir(), with dev
-// authentication unless tokenAuth is set and the clock at fixtureNow. The
-// store's invariants are verified when the test ends.
+// authentication unless tokenAuth is set and the clock at the fixtures' Now
+// (testkit.FixtureSet.Now). The store's invariants are verified when the
+// test ends.
 func start(t testing.TB, opts ...func(*options)) *testServer {
 	t.Helper()
 	o := options{policy: httpapi.Policy{MaxLifetime: mls.DefaultMaxLifetime, ClockSkew: mls.DefaultClockSkew}}
 	for _, f := range opts {
 		f(&o)
 	}
-	now := fixtureNow(t)
+	now := testkit.Fixtures(t).Now()
 	clock := func() time.Time { return now }
 	o.kv.Clock = clock
 	db, err := kv.Open(filepath.Join(t.TempDir(), "kpd.db"), &o.kv)
@@ -160,7 +97,7 @@ func start(t testing.TB, opts ...func(*options)) *testServer {
 	if o.authn != nil {
 		authn = o.authn(authn)
 	}
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	cfg := httpapi.Config{
 		Store:      store,
 		Auth:       authn,
@@ -296,42 +233,6 @@ func must[T any](v T, err error) func(testing.TB) T {
 		}
 		return v
 	}
-}
-
-// syncBuffer is a bytes.Buffer that the server's logger and the test may
-// use concurrently.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// logLines returns the server's log lines as JSON objects.
-func (s *testServer) logLines() []map[string]any {
-	s.t.Helper()
-	var lines []map[string]any
-	for _, l := range bytes.Split([]byte(s.logs.String()), []byte("\n")) {
-		if len(l) == 0 {
-			continue
-		}
-		var m map[string]any
-		if err := json.Unmarshal(l, &m); err != nil {
-			s.t.Fatalf("log line %q: %v", l, err)
-		}
-		lines = append(lines, m)
-	}
-	return lines
 }
 
 // b64 is standard base64, for hand-written JSON bodies.

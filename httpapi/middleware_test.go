@@ -10,7 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/fxamacker/cbor/v2"
 
@@ -29,14 +28,14 @@ func TestCBOR(t *testing.T) {
 	dev1 := fx.KeyPackages["alice_dev1"]
 
 	pub := must(a.Publish(ctx, "dev1", [][]byte{dev1.Message}))(t)
-	if pub.Results[0].Ref != dev1.ref() || !pub.Results[0].NotAfter.Equal(time.Unix(dev1.NotAfter, 0)) {
+	if pub.Results[0].Ref != dev1.Ref() || !pub.Results[0].NotAfter.Equal(dev1.NotAfter) {
 		t.Fatalf("publish = %+v", pub.Results)
 	}
 	claim := must(b.Claim(ctx, client.ClaimRequest{CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: alice}}}))(t)
 	if len(claim.KeyPackages) != 1 || !bytes.Equal(claim.KeyPackages[0].KeyPackage, dev1.Message) {
 		t.Fatalf("claim = %+v", claim)
 	}
-	w := s.welcome(s.suite(1), dev1.ref())
+	w := s.welcome(s.suite(1), dev1.Ref())
 	posted := must(b.PostWelcome(ctx, "cbor", w))(t)
 	if !posted.Created || len(posted.Recipients) != 1 {
 		t.Fatalf("post = %+v", posted)
@@ -107,7 +106,7 @@ func TestRequestLog(t *testing.T) {
 	}
 	s.do("GET", "/healthz", "", "", nil)
 
-	lines := s.logLines()
+	lines := s.logs.JSONLines(t)
 	if len(lines) != 3 {
 		t.Fatalf("%d log lines, want 3:\n%s", len(lines), s.logs)
 	}

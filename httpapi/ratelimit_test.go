@@ -1,39 +1,21 @@
 package httpapi_test
 
 import (
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/client"
+	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/ratelimit"
 )
-
-// stepClock is a clock that tests move forward by hand.
-type stepClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *stepClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *stepClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // TestClaimDrainingStopsAtPairBurst: a loop draining one target DID is
 // stopped after the pair burst with 429, RateLimited and the right
 // Retry-After, while the same claimer can still claim another DID and
 // another claimer the same DID.
 func TestClaimDrainingStopsAtPairBurst(t *testing.T) {
-	clock := &stepClock{now: time.Unix(1_800_000_000, 0)}
+	clock := testkit.NewClock(time.Unix(1_800_000_000, 0))
 	rates, err := ratelimit.NewPolicy(ratelimit.Config{Clock: clock.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +51,7 @@ func TestClaimDrainingStopsAtPairBurst(t *testing.T) {
 		t.Errorf("another claimer of the same target: %v", err)
 	}
 
-	clock.advance(6 * time.Second)
+	clock.Advance(6 * time.Second)
 	if err := claim(bob, alice); err != nil {
 		t.Fatalf("after Retry-After: %v", err)
 	}
@@ -80,7 +62,7 @@ func TestClaimDrainingStopsAtPairBurst(t *testing.T) {
 // charged per KeyPackage before validation, and a batch larger than the
 // burst can never pass.
 func TestPublishRateLimit(t *testing.T) {
-	clock := &stepClock{now: time.Unix(1_800_000_000, 0)}
+	clock := testkit.NewClock(time.Unix(1_800_000_000, 0))
 	rates, err := ratelimit.NewPolicy(ratelimit.Config{Clock: clock.Now, Publish: ratelimit.PerHour(3)})
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +89,7 @@ func TestPublishRateLimit(t *testing.T) {
 	_, err = a.Publish(ctx, "phone", kps)
 	wantCode(t, err, kpd.CodePayloadTooLarge)
 
-	clock.advance(20 * time.Minute)
+	clock.Advance(20 * time.Minute)
 	must(a.Publish(ctx, "phone", kps[2:4]))(t)
 	inv := must(a.Inventory(ctx, "phone", false))(t)
 	if got := inv.Suites[0].Available; got != 4 {

@@ -22,8 +22,8 @@ func TestSection1Scenario(t *testing.T) {
 	a, b := s.as(alice), s.as(bob)
 
 	pub := must(a.Publish(ctx, "devA", [][]byte{kp1.Message}))(t)
-	if len(pub.Results) != 1 || pub.Results[0].Ref != kp1.ref() || pub.Results[0].Status != kpd.PublishStored {
-		t.Fatalf("publish #1: results = %+v, want %s stored", pub.Results, kp1.ref())
+	if len(pub.Results) != 1 || pub.Results[0].Ref != kp1.Ref() || pub.Results[0].Status != kpd.PublishStored {
+		t.Fatalf("publish #1: results = %+v, want %s stored", pub.Results, kp1.Ref())
 	}
 	if len(pub.Inventory.Suites) != 1 || pub.Inventory.Suites[0].Available != 1 {
 		t.Fatalf("inventory after #1 = %+v", pub.Inventory)
@@ -34,25 +34,25 @@ func TestSection1Scenario(t *testing.T) {
 		t.Fatalf("bob's claim = %+v, want one KeyPackage", claim)
 	}
 	got := claim.KeyPackages[0]
-	if got.Ref != kp1.ref() || got.DID != alice || got.Device != "devA" || !bytes.Equal(got.KeyPackage, kp1.Message) {
-		t.Fatalf("bob claimed %s of %s/%s, want #1 %s of devA as published", got.Ref, got.DID, got.Device, kp1.ref())
+	if got.Ref != kp1.Ref() || got.DID != alice || got.Device != "devA" || !bytes.Equal(got.KeyPackage, kp1.Message) {
+		t.Fatalf("bob claimed %s of %s/%s, want #1 %s of devA as published", got.Ref, got.DID, got.Device, kp1.Ref())
 	}
 
 	kp2, ref2 := s.keyPackage(1, alice+"#devA", false)
 	must(a.Publish(ctx, "devA", [][]byte{kp2}))(t)
 	must(a.Publish(ctx, "devB", [][]byte{kpB.Bare}))(t)
 
-	w := s.welcome(s.suite(1), kp1.ref())
+	w := s.welcome(s.suite(1), kp1.Ref())
 	posted := must(b.PostWelcome(ctx, "convo-1", w))(t)
 	if !posted.Created || len(posted.Rejected) != 0 || len(posted.Recipients) != 1 {
 		t.Fatalf("post welcome = %+v", posted)
 	}
-	if r := posted.Recipients[0]; r.DID != alice || r.Device != "devA" || r.Ref != kp1.ref() || r.Status != kpd.DeliveryPending {
-		t.Fatalf("recipient = %+v, want alice/devA %s pending", r, kp1.ref())
+	if r := posted.Recipients[0]; r.DID != alice || r.Device != "devA" || r.Ref != kp1.Ref() || r.Status != kpd.DeliveryPending {
+		t.Fatalf("recipient = %+v, want alice/devA %s pending", r, kp1.Ref())
 	}
 
 	pendingA := must(a.Welcomes(ctx, "devA", client.ListOptions{}))(t)
-	if len(pendingA) != 1 || pendingA[0].WelcomeID != posted.WelcomeID || pendingA[0].Ref != kp1.ref() ||
+	if len(pendingA) != 1 || pendingA[0].WelcomeID != posted.WelcomeID || pendingA[0].Ref != kp1.Ref() ||
 		pendingA[0].Sender != bob || pendingA[0].ConvoID != "convo-1" || !bytes.Equal(pendingA[0].Welcome, w) {
 		t.Fatalf("devA's welcomes = %+v", pendingA)
 	}
@@ -61,10 +61,10 @@ func TestSection1Scenario(t *testing.T) {
 	}
 
 	ack := must(a.Ack(ctx, "devA", posted.WelcomeID))(t)
-	if ack.Ref != kp1.ref() || !ack.ConsumedAt.Equal(s.now) {
-		t.Fatalf("ack = %+v, want %s consumed at %v", ack, kp1.ref(), s.now)
+	if ack.Ref != kp1.Ref() || !ack.ConsumedAt.Equal(s.now) {
+		t.Fatalf("ack = %+v, want %s consumed at %v", ack, kp1.Ref(), s.now)
 	}
-	if again := must(a.Ack(ctx, "devA", posted.WelcomeID))(t); again.Ref != kp1.ref() {
+	if again := must(a.Ack(ctx, "devA", posted.WelcomeID))(t); again.Ref != kp1.Ref() {
 		t.Fatalf("second ack = %+v", again)
 	}
 
@@ -73,11 +73,11 @@ func TestSection1Scenario(t *testing.T) {
 	for _, k := range invA.KeyPackages {
 		states[k.Ref] = k.State
 	}
-	if len(states) != 2 || states[kp1.ref()] != kpd.StateConsumed || states[ref2] != kpd.StateAvailable {
+	if len(states) != 2 || states[kp1.Ref()] != kpd.StateConsumed || states[ref2] != kpd.StateAvailable {
 		t.Fatalf("devA's KeyPackages = %v, want #1 consumed and #2 available", states)
 	}
 	invB := must(a.Inventory(ctx, "devB", true))(t)
-	if len(invB.KeyPackages) != 1 || invB.KeyPackages[0].Ref != kpB.ref() || invB.KeyPackages[0].State != kpd.StateAvailable {
+	if len(invB.KeyPackages) != 1 || invB.KeyPackages[0].Ref != kpB.Ref() || invB.KeyPackages[0].State != kpd.StateAvailable {
 		t.Fatalf("devB's KeyPackages = %+v, want its one available", invB.KeyPackages)
 	}
 	if len(must(a.Welcomes(ctx, "devA", client.ListOptions{}))(t)) != 0 {
@@ -100,13 +100,13 @@ func TestFixtureWelcome(t *testing.T) {
 		t.Run(fmt.Sprint(id), func(t *testing.T) {
 			fx := fixture(t, id)
 			dev1, dev2 := fx.KeyPackages["alice_dev1"], fx.KeyPackages["alice_dev2"]
-			devices := map[kpd.Ref]string{dev1.ref(): fmt.Sprintf("s%d-dev1", id), dev2.ref(): fmt.Sprintf("s%d-dev2", id)}
-			must(a.Publish(ctx, devices[dev1.ref()], [][]byte{dev1.Message}))(t)
-			must(a.Publish(ctx, devices[dev2.ref()], [][]byte{dev2.Bare}))(t)
+			devices := map[kpd.Ref]string{dev1.Ref(): fmt.Sprintf("s%d-dev1", id), dev2.Ref(): fmt.Sprintf("s%d-dev2", id)}
+			must(a.Publish(ctx, devices[dev1.Ref()], [][]byte{dev1.Message}))(t)
+			must(a.Publish(ctx, devices[dev2.Ref()], [][]byte{dev2.Bare}))(t)
 
 			claim := must(b.Claim(ctx, client.ClaimRequest{
 				CipherSuite: id,
-				Targets:     []kpd.ClaimTarget{{DID: alice, Devices: []string{devices[dev1.ref()], devices[dev2.ref()]}}},
+				Targets:     []kpd.ClaimTarget{{DID: alice, Devices: []string{devices[dev1.Ref()], devices[dev2.Ref()]}}},
 			}))(t)
 			if len(claim.KeyPackages) != 2 {
 				t.Fatalf("claim = %+v, want both devices", claim)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/httpapi"
+	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/kv"
 )
 
@@ -55,7 +56,7 @@ type statsBody struct {
 
 func getStats(t *testing.T, url string) statsBody {
 	t.Helper()
-	resp := adminGet(t, http.MethodGet, url+httpapi.AdminStatsPath, "Bearer "+adminTestToken)
+	resp := testkit.Do(t, http.MethodGet, url+httpapi.AdminStatsPath, "Bearer "+adminTestToken)
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/json" {
 		t.Fatalf("status %d, Content-Type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
@@ -126,6 +127,6 @@ func TestAdminStatsNoBackup(t *testing.T) {
 func TestAdminStatsNeedsToken(t *testing.T) {
 	url, _ := statsTestServer(t, time.Time{})
 	for _, auth := range []string{"", "Bearer wrong-token-wrong-token", "Bearer " + adminTestToken + "x"} {
-		adminWantProblem(t, adminGet(t, http.MethodGet, url+httpapi.AdminStatsPath, auth), http.StatusUnauthorized, kpd.CodeUnauthorized)
+		adminWantProblem(t, testkit.Do(t, http.MethodGet, url+httpapi.AdminStatsPath, auth), http.StatusUnauthorized, kpd.CodeUnauthorized)
 	}
 }

@@ -1,10 +1,8 @@
 package jobs_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -15,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/jobs"
 	"github.com/kpd-dir/kpd/kv"
 )
@@ -57,65 +56,11 @@ func (c *counting) get() (map[string]int, int, int) {
 	return m, c.calls, c.failed
 }
 
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// lines returns the log lines as JSON objects.
-func (b *logBuffer) lines(t *testing.T) []map[string]any {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []map[string]any
-	for _, l := range bytes.Split(b.buf.Bytes(), []byte("\n")) {
-		if len(l) == 0 {
-			continue
-		}
-		var m map[string]any
-		if err := json.Unmarshal(l, &m); err != nil {
-			t.Fatalf("log line %q: %v", l, err)
-		}
-		out = append(out, m)
-	}
-	return out
-}
-
 // run starts s and returns a function that stops it, failing the test if
 // Run does not return promptly.
 func run(t *testing.T, s *jobs.Sweeper) (stop func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.Run(ctx)
-	}()
-	stop = func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Fatal("Run did not return after its context ended")
-		}
-	}
-	t.Cleanup(stop)
-	return stop
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return testkit.Start(t, s.Run)
 }
 
 func TestSweeperDeletesExpired(t *testing.T) {
@@ -135,11 +80,11 @@ func TestSweeperDeletesExpired(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	obs, logs := &counting{}, &logBuffer{}
+	obs, logs := &counting{}, &testkit.SyncBuffer{}
 	// Three hours on: the KeyPackages that lived 1, 2 and 3 hours expired.
 	run(t, &jobs.Sweeper{Store: db, Interval: 20 * time.Millisecond, Observer: obs,
 		Clock: func() time.Time { return now.Add(3 * time.Hour) }, Logger: zerolog.New(logs).Level(zerolog.DebugLevel)})
-	eventually(t, "three sweeps", func() bool { _, calls, _ := obs.get(); return calls >= 3 })
+	testkit.Eventually(t, "three sweeps", func() bool { _, calls, _ := obs.get(); return calls >= 3 })
 
 	swept, _, failed := obs.get()
 	if swept["expired_key_packages"] != 3 || failed != 0 {
@@ -158,7 +103,7 @@ func TestSweeperDeletesExpired(t *testing.T) {
 		t.Fatalf("stats after the sweep = %+v, want 2 available", st.Suites)
 	}
 	var info, debug int
-	for _, l := range logs.lines(t) {
+	for _, l := range logs.JSONLines(t) {
 		if l["message"] != "sweep" {
 			t.Errorf("unexpected log line %v", l)
 			continue
@@ -192,15 +137,15 @@ func (f failingStore) Sweep(ctx context.Context, _ time.Time) (kv.SweepStats, er
 }
 
 func TestSweeperFailure(t *testing.T) {
-	obs, logs := &counting{}, &logBuffer{}
+	obs, logs := &counting{}, &testkit.SyncBuffer{}
 	stop := run(t, &jobs.Sweeper{Store: failingStore{}, Interval: time.Hour, Observer: obs, Logger: zerolog.New(logs)})
-	eventually(t, "a failed sweep", func() bool { _, _, failed := obs.get(); return failed == 1 })
+	testkit.Eventually(t, "a failed sweep", func() bool { _, _, failed := obs.get(); return failed == 1 })
 	stop()
 	swept, _, _ := obs.get()
 	if swept["claims_purged"] != 2 {
 		t.Errorf("swept %v; what committed before the failure must count", swept)
 	}
-	lines := logs.lines(t)
+	lines := logs.JSONLines(t)
 	if len(lines) != 1 || lines[0]["level"] != "error" || !strings.Contains(lines[0]["error"].(string), "disk full") {
 		t.Fatalf("log = %v, want one error line", lines)
 	}
@@ -208,7 +153,7 @@ func TestSweeperFailure(t *testing.T) {
 
 // Shutting down during a sweep is neither logged nor a failure.
 func TestSweeperStopsQuietly(t *testing.T) {
-	obs, logs := &counting{}, &logBuffer{}
+	obs, logs := &counting{}, &testkit.SyncBuffer{}
 	entered := make(chan struct{})
 	stop := run(t, &jobs.Sweeper{Store: failingStore{entered: entered}, Observer: obs, Logger: zerolog.New(logs)})
 	<-entered
@@ -217,7 +162,7 @@ func TestSweeperStopsQuietly(t *testing.T) {
 	if failed != 0 || swept["claims_purged"] != 1 {
 		t.Fatalf("after shutdown: swept %v, %d failures; want the committed part counted and no failure", swept, failed)
 	}
-	if lines := logs.lines(t); len(lines) != 0 {
+	if lines := logs.JSONLines(t); len(lines) != 0 {
 		t.Fatalf("log = %v, want nothing", lines)
 	}
 }

@@ -6,38 +6,20 @@ import (
 	"errors"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/internal/testkit"
 )
 
 // t0 is the tests' starting time.
 var t0 = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 
-// testClock is an injectable clock that only moves when told to.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // env is an open test database and its clock.
 type env struct {
 	*DB
-	clock *testClock
+	clock *testkit.Clock
 	path  string
 	ctx   context.Context
 }
@@ -75,7 +57,7 @@ func openTestDB(t testing.TB, opts ...func(*Options)) *env {
 // openTestFile opens the database at path with a clock starting at t0.
 func openTestFile(t testing.TB, path string, opts ...func(*Options)) *env {
 	t.Helper()
-	clock := &testClock{now: t0}
+	clock := testkit.NewClock(t0)
 	o := &Options{Clock: clock.Now, NoSync: true, MaxBatchDelay: 200 * time.Microsecond}
 	for _, f := range opts {
 		f(o)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/httpapi"
+	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/kv"
 	"github.com/kpd-dir/kpd/metrics"
 )
@@ -224,7 +225,7 @@ func (failingStats) Stats(context.Context) (kpd.Stats, error) {
 
 // A failing store leaves its gauges out and is logged; the rest is served.
 func TestStatsFailure(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	m := metrics.New(metrics.Options{Logger: zerolog.New(logs)})
 	m.CollectStats(failingStats{})
 	m.WelcomePosted()

@@ -4,21 +4,22 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/mls"
 )
 
 // BenchmarkValidate measures ValidateKeyPackage (decode, checks, both
 // signatures, ref) of an MLSMessage-framed KeyPackage per suite.
 func BenchmarkValidate(b *testing.B) {
-	f := mls.LoadFixtures(b)
-	reg := f.Registry(b)
+	f := testkit.Fixtures(b)
+	reg := mls.FixtureRegistry(b, f)
 	for _, fs := range f.Suites {
 		k := fs.KeyPackages["alice_dev1"]
 		policy := mls.FixturePolicy(k.Now())
 		b.Run(fmt.Sprintf("suite=%d", fs.ID), func(b *testing.B) {
-			b.SetBytes(int64(len(k.Framed)))
+			b.SetBytes(int64(len(k.Message)))
 			for b.Loop() {
-				if _, err := reg.ValidateKeyPackage(k.Framed, mls.AliceDID, policy); err != nil {
+				if _, err := reg.ValidateKeyPackage(k.Message, mls.AliceDID, policy); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -38,19 +39,19 @@ func BenchmarkValidate(b *testing.B) {
 
 // BenchmarkParse measures decoding alone.
 func BenchmarkParse(b *testing.B) {
-	f := mls.LoadFixtures(b)
+	f := testkit.Fixtures(b)
 	for _, fs := range f.Suites {
 		k := fs.KeyPackages["alice_dev1"]
 		b.Run(fmt.Sprintf("keypackage/suite=%d", fs.ID), func(b *testing.B) {
-			b.SetBytes(int64(len(k.Framed)))
+			b.SetBytes(int64(len(k.Message)))
 			for b.Loop() {
-				if _, err := mls.ParseKeyPackage(k.Framed); err != nil {
+				if _, err := mls.ParseKeyPackage(k.Message); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
 	}
-	w := f.Suites[0].Welcome.MLSMessage
+	w := f.Suites[0].Welcome.Message
 	b.Run("welcome", func(b *testing.B) {
 		b.SetBytes(int64(len(w)))
 		for b.Loop() {

@@ -2,27 +2,22 @@ package mls_test
 
 import (
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
+	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/mls"
 )
 
 // fixtureKeyPackage returns a KeyPackage of suite 1 from the ts-mls
 // fixtures, as an MLSMessage.
 func fixtureKeyPackage(name string) []byte {
-	data, err := os.ReadFile(mls.FixturePath)
+	f, err := testkit.Load()
 	if err != nil {
 		panic(err)
 	}
-	var f mls.Fixtures
-	if err := json.Unmarshal(data, &f); err != nil {
-		panic(err)
-	}
-	return f.Suites[0].KeyPackages[name].Framed
+	return f.Suites[0].KeyPackages[name].Message
 }
 
 func ExampleParseKeyPackage() {
@@ -74,17 +69,12 @@ func ExampleRegistry_ValidateKeyPackage() {
 }
 
 func ExampleParseWelcome() {
-	data, err := os.ReadFile(mls.FixturePath)
+	f, err := testkit.Load()
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	var f mls.Fixtures
-	if err := json.Unmarshal(data, &f); err != nil {
-		fmt.Println(err)
-		return
-	}
-	w, err := mls.ParseWelcome(f.Suites[0].Welcome.MLSMessage)
+	w, err := mls.ParseWelcome(f.Suites[0].Welcome.Message)
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/kpd-dir/kpd/internal/testkit"
 )
 
 var knownCodes = []Code{CodeMalformed, CodeUnsupportedVersion, CodeUnsupportedCipherSuite,
@@ -34,17 +36,17 @@ func rawOf(t *testing.T, b, raw []byte) {
 }
 
 func FuzzParseKeyPackage(f *testing.F) {
-	fx := LoadFixtures(f)
+	fx := testkit.Fixtures(f)
 	for _, s := range fx.Suites {
 		for _, k := range s.KeyPackages {
 			f.Add(k.Bare)
-			f.Add(k.Framed)
+			f.Add(k.Message)
 		}
 		f.Add(s.Invalid.BadSignature)
 		f.Add(s.Invalid.Truncated)
 	}
 	f.Add([]byte{0, 1, 0, 1, 0xbf, 0xff, 0xff, 0xff, 0, 0})
-	reg := fx.Registry(f)
+	reg := FixtureRegistry(f, fx)
 	sha256Suite := Suite{Hash: crypto.SHA256}
 	policy := Policy{Now: time.Unix(1795740124, 0), SkipIdentityCheck: true, AllowX509: true}
 
@@ -77,13 +79,13 @@ func FuzzParseKeyPackage(f *testing.F) {
 }
 
 func FuzzParseWelcome(f *testing.F) {
-	fx := LoadFixtures(f)
+	fx := testkit.Fixtures(f)
 	for _, s := range fx.Suites {
-		f.Add(s.Welcome.MLSMessage)
-		f.Add(s.Welcome.MLSMessage[4:])
+		f.Add(s.Welcome.Message)
+		f.Add(s.Welcome.Message[4:])
 	}
 	f.Add([]byte{0, 1, 0xbf, 0xff, 0xff, 0xff, 0, 0, 0, 0})
-	reg := fx.Registry(f)
+	reg := FixtureRegistry(f, fx)
 
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if _, _, err := reg.ValidateWelcome(b); err != nil {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/mls"
 )
 
@@ -31,15 +32,15 @@ func wantCode(t *testing.T, err error, code mls.Code) *mls.Error {
 }
 
 // forms returns the bare and the MLSMessage form of a fixture KeyPackage.
-func forms(k mls.FixtureKeyPackage) map[string][]byte {
-	return map[string][]byte{"bare": k.Bare, "framed": k.Framed}
+func forms(k testkit.FixtureKeyPackage) map[string][]byte {
+	return map[string][]byte{"bare": k.Bare, "framed": k.Message}
 }
 
 func TestFixtureKeyPackages(t *testing.T) {
-	f := mls.LoadFixtures(t)
-	reg := f.Registry(t)
+	f := testkit.Fixtures(t)
+	reg := mls.FixtureRegistry(t, f)
 	for _, fs := range f.Suites {
-		suite, ok := reg.Lookup(fs.ID)
+		suite, ok := reg.Lookup(mls.CipherSuite(fs.ID))
 		if !ok {
 			t.Fatalf("suite %d not configured", fs.ID)
 		}
@@ -53,7 +54,7 @@ func TestFixtureKeyPackages(t *testing.T) {
 					if !bytes.Equal(kp.Raw, k.Bare) {
 						t.Error("Raw differs from the bare KeyPackage")
 					}
-					if kp.Version != 1 || kp.CipherSuite != fs.ID {
+					if kp.Version != 1 || kp.CipherSuite != mls.CipherSuite(fs.ID) {
 						t.Errorf("version %d suite %d, want 1 and %d", kp.Version, kp.CipherSuite, fs.ID)
 					}
 					if got := hex.EncodeToString(kp.Ref(suite)); got != k.RefHex {
@@ -70,10 +71,10 @@ func TestFixtureKeyPackages(t *testing.T) {
 						t.Errorf("credential type %d identity %q, want basic %q", ln.Credential.Type, ln.Credential.Identity, k.Identity)
 					}
 					if ln.Source != mls.SourceKeyPackage || ln.Lifetime == nil ||
-						ln.Lifetime.NotBefore != uint64(k.NotBefore) || ln.Lifetime.NotAfter != uint64(k.NotAfter) {
-						t.Errorf("source %d lifetime %+v, want key_package [%d, %d]", ln.Source, ln.Lifetime, k.NotBefore, k.NotAfter)
+						ln.Lifetime.NotBefore != uint64(k.NotBefore.Unix()) || ln.Lifetime.NotAfter != uint64(k.NotAfter.Unix()) {
+						t.Errorf("source %d lifetime %+v, want key_package [%d, %d]", ln.Source, ln.Lifetime, k.NotBefore.Unix(), k.NotAfter.Unix())
 					}
-					if !slices.Contains(ln.Capabilities.CipherSuites, uint16(fs.ID)) {
+					if !slices.Contains(ln.Capabilities.CipherSuites, fs.ID) {
 						t.Errorf("capabilities.cipher_suites %v lacks %d", ln.Capabilities.CipherSuites, fs.ID)
 					}
 				})
@@ -83,8 +84,8 @@ func TestFixtureKeyPackages(t *testing.T) {
 }
 
 func TestFixtureValidation(t *testing.T) {
-	f := mls.LoadFixtures(t)
-	reg := f.Registry(t)
+	f := testkit.Fixtures(t)
+	reg := mls.FixtureRegistry(t, f)
 	for _, fs := range f.Suites {
 		dev1 := fs.KeyPackages["alice_dev1"]
 		policy := mls.FixturePolicy(dev1.Now())
@@ -118,10 +119,10 @@ func TestFixtureValidation(t *testing.T) {
 					if err != nil {
 						t.Fatalf("ValidateKeyPackage: %v", err)
 					}
-					if hex.EncodeToString(v.Ref) != k.RefHex || v.LastResort != k.LastResort || v.Suite.ID != fs.ID {
+					if hex.EncodeToString(v.Ref) != k.RefHex || v.LastResort != k.LastResort || v.Suite.ID != mls.CipherSuite(fs.ID) {
 						t.Errorf("ref %x last resort %v suite %d, want %s %v %d", v.Ref, v.LastResort, v.Suite.ID, k.RefHex, k.LastResort, fs.ID)
 					}
-					if !v.NotBefore.Equal(time.Unix(k.NotBefore, 0)) || !v.NotAfter.Equal(time.Unix(k.NotAfter, 0)) {
+					if !v.NotBefore.Equal(k.NotBefore) || !v.NotAfter.Equal(k.NotAfter) {
 						t.Errorf("lifetime [%v, %v]", v.NotBefore, v.NotAfter)
 					}
 					if !bytes.Equal(v.KeyPackage.Raw, k.Bare) {
@@ -134,11 +135,11 @@ func TestFixtureValidation(t *testing.T) {
 }
 
 func TestFixtureInvalid(t *testing.T) {
-	f := mls.LoadFixtures(t)
-	reg := f.Registry(t)
+	f := testkit.Fixtures(t)
+	reg := mls.FixtureRegistry(t, f)
 	for _, fs := range f.Suites {
 		t.Run(fmt.Sprintf("suite=%d", fs.ID), func(t *testing.T) {
-			suite, _ := reg.Lookup(fs.ID)
+			suite, _ := reg.Lookup(mls.CipherSuite(fs.ID))
 			policy := mls.FixturePolicy(fs.KeyPackages["alice_dev1"].Now())
 
 			kp, err := mls.ParseKeyPackage(fs.Invalid.BadSignature)
@@ -165,17 +166,17 @@ func TestFixtureInvalid(t *testing.T) {
 }
 
 func TestFixtureWelcome(t *testing.T) {
-	f := mls.LoadFixtures(t)
-	reg := f.Registry(t)
+	f := testkit.Fixtures(t)
+	reg := mls.FixtureRegistry(t, f)
 	for _, fs := range f.Suites {
-		framed := fs.Welcome.MLSMessage
+		framed := fs.Welcome.Message
 		for form, b := range map[string][]byte{"framed": framed, "bare": framed[4:]} {
 			t.Run(fmt.Sprintf("suite=%d/%s", fs.ID, form), func(t *testing.T) {
 				w, suite, err := reg.ValidateWelcome(b)
 				if err != nil {
 					t.Fatalf("ValidateWelcome: %v", err)
 				}
-				if w.CipherSuite != fs.ID || suite.ID != fs.ID {
+				if w.CipherSuite != mls.CipherSuite(fs.ID) || suite.ID != mls.CipherSuite(fs.ID) {
 					t.Errorf("suite %d/%d, want %d", w.CipherSuite, suite.ID, fs.ID)
 				}
 				if !bytes.Equal(w.Raw, framed[4:]) {
@@ -209,19 +210,19 @@ func TestFixtureWelcome(t *testing.T) {
 }
 
 func TestUnsupportedCipherSuite(t *testing.T) {
-	f := mls.LoadFixtures(t)
+	f := testkit.Fixtures(t)
 	builtin := mls.NewRegistry()
 	for _, fs := range f.Suites {
-		if _, ok := builtin.Lookup(fs.ID); ok {
+		if _, ok := builtin.Lookup(mls.CipherSuite(fs.ID)); ok {
 			continue
 		}
 		k := fs.KeyPackages["alice_dev1"]
-		_, err := builtin.ValidateKeyPackage(k.Framed, mls.AliceDID, mls.FixturePolicy(k.Now()))
+		_, err := builtin.ValidateKeyPackage(k.Message, mls.AliceDID, mls.FixturePolicy(k.Now()))
 		wantCode(t, err, mls.CodeUnsupportedCipherSuite)
 		// The suite is checked before the signature.
 		_, err = builtin.ValidateKeyPackage(fs.Invalid.BadSignature, mls.AliceDID, mls.FixturePolicy(k.Now()))
 		wantCode(t, err, mls.CodeUnsupportedCipherSuite)
-		_, _, err = builtin.ValidateWelcome(fs.Welcome.MLSMessage)
+		_, _, err = builtin.ValidateWelcome(fs.Welcome.Message)
 		wantCode(t, err, mls.CodeUnsupportedCipherSuite)
 	}
 }
@@ -229,7 +230,7 @@ func TestUnsupportedCipherSuite(t *testing.T) {
 // TestVersions checks UnsupportedVersion for the MLSMessage and KeyPackage
 // versions, before the suite and the signatures are looked at.
 func TestVersions(t *testing.T) {
-	f := mls.LoadFixtures(t)
+	f := testkit.Fixtures(t)
 	k := f.Suites[0].KeyPackages["alice_dev1"]
 	policy := mls.FixturePolicy(k.Now())
 	reg := mls.NewRegistry()
@@ -242,9 +243,9 @@ func TestVersions(t *testing.T) {
 		b     []byte
 		field string
 	}{
-		"message version 2":     {set(k.Framed, 0, 2), "mls_message.version"},
-		"message version 0":     {set(k.Framed, 0, 0), "mls_message.version"},
-		"key package version 2": {set(k.Framed, 4, 2), "key_package.version"},
+		"message version 2":     {set(k.Message, 0, 2), "mls_message.version"},
+		"message version 0":     {set(k.Message, 0, 0), "mls_message.version"},
+		"key package version 2": {set(k.Message, 4, 2), "key_package.version"},
 		"bare version 2":        {set(k.Bare, 0, 2), "key_package.version"},
 		"unknown suite too":     {set(set(k.Bare, 0, 7), 2, 0x7777), "key_package.version"},
 	} {
@@ -258,7 +259,7 @@ func TestVersions(t *testing.T) {
 		})
 	}
 
-	w := set(f.Suites[0].Welcome.MLSMessage, 0, 2)
+	w := set(f.Suites[0].Welcome.Message, 0, 2)
 	_, err := mls.ParseWelcome(w)
 	wantCode(t, err, mls.CodeUnsupportedVersion)
 }

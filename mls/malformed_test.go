@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/mls"
 )
 
@@ -20,9 +21,9 @@ func replaceAt(b []byte, off, n int, with ...byte) []byte {
 // TestMalformedLengths rewrites the 1-byte length of init_key (32, at byte 4
 // of a bare KeyPackage) in invalid ways.
 func TestMalformedLengths(t *testing.T) {
-	f := mls.LoadFixtures(t)
+	f := testkit.Fixtures(t)
 	k := f.Suites[0].KeyPackages["alice_dev1"]
-	if k.Bare[4] != 0x20 || !bytes.Equal(k.Framed[4:], k.Bare) {
+	if k.Bare[4] != 0x20 || !bytes.Equal(k.Message[4:], k.Bare) {
 		t.Fatalf("unexpected fixture layout")
 	}
 	for _, tc := range []struct {
@@ -37,7 +38,7 @@ func TestMalformedLengths(t *testing.T) {
 	} {
 		for form, off := range map[string]int{"bare": 0, "framed": 4} {
 			t.Run(tc.name+"/"+form, func(t *testing.T) {
-				b := k.Framed[4-off:]
+				b := k.Message[4-off:]
 				_, err := mls.ParseKeyPackage(replaceAt(b, off+4, 1, tc.prefix...))
 				e := wantCode(t, err, mls.CodeMalformed)
 				if e.Field != "key_package.init_key" || e.Offset != off+4 || !strings.Contains(e.Msg, tc.msg) {
@@ -94,10 +95,10 @@ func parseWelcome(b []byte) error {
 }
 
 func TestWrongWireFormat(t *testing.T) {
-	f := mls.LoadFixtures(t)
+	f := testkit.Fixtures(t)
 	fs := f.Suites[0]
-	kp := fs.KeyPackages["alice_dev1"].Framed
-	welcome := fs.Welcome.MLSMessage
+	kp := fs.KeyPackages["alice_dev1"].Message
+	welcome := fs.Welcome.Message
 	wantWireFormat := func(err error) {
 		t.Helper()
 		if e := wantCode(t, err, mls.CodeMalformed); e.Field != "mls_message.wire_format" || e.Offset != 2 {
@@ -162,15 +163,15 @@ func TestWelcomeRefSizes(t *testing.T) {
 }
 
 // fixtureMessages returns every fixture KeyPackage and Welcome in both forms.
-func fixtureMessages(f *mls.Fixtures) map[string][]byte {
+func fixtureMessages(f *testkit.FixtureSet) map[string][]byte {
 	m := map[string][]byte{}
 	for _, fs := range f.Suites {
 		for name, k := range fs.KeyPackages {
 			m[fmt.Sprintf("suite=%d/%s/bare", fs.ID, name)] = k.Bare
-			m[fmt.Sprintf("suite=%d/%s/framed", fs.ID, name)] = k.Framed
+			m[fmt.Sprintf("suite=%d/%s/framed", fs.ID, name)] = k.Message
 		}
-		m[fmt.Sprintf("suite=%d/welcome/framed", fs.ID)] = fs.Welcome.MLSMessage
-		m[fmt.Sprintf("suite=%d/welcome/bare", fs.ID)] = fs.Welcome.MLSMessage[4:]
+		m[fmt.Sprintf("suite=%d/welcome/framed", fs.ID)] = fs.Welcome.Message
+		m[fmt.Sprintf("suite=%d/welcome/bare", fs.ID)] = fs.Welcome.Message[4:]
 	}
 	return m
 }
@@ -179,7 +180,7 @@ func fixtureMessages(f *mls.Fixtures) map[string][]byte {
 // appends bytes to it: each must fail with Malformed at an offset inside
 // the input.
 func TestTruncatedAndTrailing(t *testing.T) {
-	f := mls.LoadFixtures(t)
+	f := testkit.Fixtures(t)
 	for name, b := range fixtureMessages(f) {
 		parse := parseKP
 		if strings.Contains(name, "welcome") {
@@ -209,17 +210,16 @@ func TestTruncatedAndTrailing(t *testing.T) {
 // TestEveryByteCorrupted flips each byte of a KeyPackage in turn: every
 // result must be rejected with a known code, and never panic.
 func TestEveryByteCorrupted(t *testing.T) {
-	f := mls.LoadFixtures(t)
-	reg := f.Registry(t)
+	f := testkit.Fixtures(t)
+	reg := mls.FixtureRegistry(t, f)
 	known := []mls.Code{mls.CodeMalformed, mls.CodeUnsupportedVersion, mls.CodeUnsupportedCipherSuite,
 		mls.CodeInvalidKeyPackage, mls.CodeBadSignature, mls.CodeLifetimeInvalid, mls.CodeIdentityMismatch}
 	for _, id := range []mls.CipherSuite{1, 2, 4} {
-		i := slices.IndexFunc(f.Suites, func(s mls.FixtureSuite) bool { return s.ID == id })
-		k := f.Suites[i].KeyPackages["alice_dev1"]
+		k := f.Suite(t, uint16(id)).KeyPackages["alice_dev1"]
 		policy := mls.FixturePolicy(k.Now())
 		t.Run(fmt.Sprintf("suite=%d", id), func(t *testing.T) {
-			for pos := range len(k.Framed) {
-				b := bytes.Clone(k.Framed)
+			for pos := range len(k.Message) {
+				b := bytes.Clone(k.Message)
 				b[pos] ^= 0xff
 				_, err := reg.ValidateKeyPackage(b, mls.AliceDID, policy)
 				var e *mls.Error

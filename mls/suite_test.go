@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/mls"
 )
 
@@ -107,14 +108,14 @@ func TestRegistryAdd(t *testing.T) {
 // TestRegistryConcurrentReads validates from many goroutines at once (run
 // with -race).
 func TestRegistryConcurrentReads(t *testing.T) {
-	f := mls.LoadFixtures(t)
-	reg := f.Registry(t)
+	f := testkit.Fixtures(t)
+	reg := mls.FixtureRegistry(t, f)
 	var wg sync.WaitGroup
 	for _, fs := range f.Suites {
 		k := fs.KeyPackages["alice_dev1"]
 		wg.Go(func() {
 			for range 5 {
-				if _, err := reg.ValidateKeyPackage(k.Framed, mls.AliceDID, mls.FixturePolicy(k.Now())); err != nil {
+				if _, err := reg.ValidateKeyPackage(k.Message, mls.AliceDID, mls.FixturePolicy(k.Now())); err != nil {
 					t.Error(err)
 				}
 				reg.Suites()

@@ -128,13 +128,16 @@ func checkWelcomeVector(t *testing.T, reg *Registry, suite CipherSuite, kpBytes,
 	}
 }
 
-func TestVectorsWelcome(t *testing.T) {
+// checkWelcomeVectors runs checkWelcomeVector, in a subtest each, on the
+// cases of a vector file that lists cipher_suite, key_package and welcome.
+func checkWelcomeVectors(t *testing.T, file string) {
+	t.Helper()
 	var cases []struct {
 		CipherSuite CipherSuite `json:"cipher_suite"`
 		KeyPackage  hexBytes    `json:"key_package"`
 		Welcome     hexBytes    `json:"welcome"`
 	}
-	readVectors(t, "welcome.json", &cases)
+	readVectors(t, file, &cases)
 	reg := NewRegistry()
 	for i, c := range cases {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
@@ -143,19 +146,12 @@ func TestVectorsWelcome(t *testing.T) {
 	}
 }
 
+func TestVectorsWelcome(t *testing.T) {
+	checkWelcomeVectors(t, "welcome.json")
+}
+
 func TestVectorsPassiveClientWelcome(t *testing.T) {
-	var cases []struct {
-		CipherSuite CipherSuite `json:"cipher_suite"`
-		KeyPackage  hexBytes    `json:"key_package"`
-		Welcome     hexBytes    `json:"welcome"`
-	}
-	readVectors(t, "passive-client-welcome.json", &cases)
-	reg := NewRegistry()
-	for i, c := range cases {
-		t.Run(strconv.Itoa(i), func(t *testing.T) {
-			checkWelcomeVector(t, reg, c.CipherSuite, c.KeyPackage, c.Welcome)
-		})
-	}
+	checkWelcomeVectors(t, "passive-client-welcome.json")
 }
 
 // TestVectorsMessages parses (and validates) the mls_key_package and

@@ -7,9 +7,10 @@ import (
 	"time"
 
 	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/internal/testkit"
 )
 
-func newPolicy(t *testing.T, cfg Config) (*Policy, *clock, map[string]int) {
+func newPolicy(t *testing.T, cfg Config) (*Policy, *testkit.Clock, map[string]int) {
 	t.Helper()
 	c := newClock()
 	var mu sync.Mutex

@@ -6,26 +6,13 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/kpd-dir/kpd/internal/testkit"
 )
 
-// clock is an adjustable clock.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newClock() *clock { return &clock{now: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+// newClock returns the tests' clock, at 2026-11-27 12:00 UTC.
+func newClock() *testkit.Clock {
+	return testkit.NewClock(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
 }
 
 func wantAllow(t *testing.T, l *Limiter, key string, cost int) {

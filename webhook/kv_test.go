@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/kv"
 	"github.com/kpd-dir/kpd/webhook"
 )
@@ -85,7 +86,7 @@ func TestDispatcherWithStore(t *testing.T) {
 	publishAndDrain(t, db, "did:plc:bob", "laptop")
 	d.Notify()
 
-	eventually(t, "the outbox to empty", func() bool {
+	testkit.Eventually(t, "the outbox to empty", func() bool {
 		evs, err := db.PendingEvents(context.Background(), 0, 10)
 		return err == nil && len(evs) == 0
 	})

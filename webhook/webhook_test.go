@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/webhook"
 )
 
@@ -155,34 +156,7 @@ func (o *outcomes) get(outcome string) int {
 // return.
 func run(t *testing.T, d *webhook.Dispatcher) (stop func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		d.Run(ctx)
-	}()
-	stop = func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Fatal("Run did not return after its context ended")
-		}
-	}
-	t.Cleanup(stop)
-	return stop
-}
-
-// eventually polls cond for up to 5 s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return testkit.Start(t, d.Run)
 }
 
 func newDispatcher(src webhook.Source, url string, obs *outcomes) *webhook.Dispatcher {
@@ -209,7 +183,7 @@ func TestDispatcherDeliversInSeqOrderAndDeletes(t *testing.T) {
 	obs := &outcomes{}
 	run(t, newDispatcher(src, url, obs))
 
-	eventually(t, "the outbox to empty", func() bool { return src.len() == 0 })
+	testkit.Eventually(t, "the outbox to empty", func() bool { return src.len() == 0 })
 	got, attempts := rc.snapshot()
 	if len(got) != len(want) {
 		t.Fatalf("receiver accepted %d events, want %d", len(got), len(want))
@@ -253,7 +227,7 @@ func TestDispatcherKeepsPerDeviceOrderAcrossFailures(t *testing.T) {
 	}
 	run(t, d)
 
-	eventually(t, "the outbox to empty", func() bool { return src.len() == 0 })
+	testkit.Eventually(t, "the outbox to empty", func() bool { return src.len() == 0 })
 	got, attempts := rc.snapshot()
 	var ids []string
 	for _, ev := range got {
@@ -299,7 +273,7 @@ func TestDispatcherResumesAfterRestart(t *testing.T) {
 	down = false
 	mu.Unlock()
 	run(t, newDispatcher(src, url, &outcomes{}))
-	eventually(t, "the outbox to empty", func() bool { return src.len() == 0 })
+	testkit.Eventually(t, "the outbox to empty", func() bool { return src.len() == 0 })
 	got, _ := rc.snapshot()
 	if len(got) != 1 || got[0].ID != ev.ID {
 		t.Fatalf("accepted %+v, want the one event %s", got, ev.ID)
@@ -388,10 +362,10 @@ func TestDispatcherClientTimeout(t *testing.T) {
 	obs := &outcomes{}
 	d := newDispatcher(src, srv.URL+"/hook?token=receiver-credential", obs)
 	d.Client = &http.Client{Timeout: 50 * time.Millisecond}
-	logs := &logBuffer{}
+	logs := &testkit.SyncBuffer{}
 	d.Logger = zerolog.New(logs)
 	run(t, d)
-	eventually(t, "the outbox to empty", func() bool { return src.len() == 0 })
+	testkit.Eventually(t, "the outbox to empty", func() bool { return src.len() == 0 })
 	if obs.get(webhook.OutcomeFailed) != 1 || obs.get(webhook.OutcomeDelivered) != 1 {
 		t.Fatalf("observer: %d failed, %d delivered; want 1 and 1", obs.get(webhook.OutcomeFailed), obs.get(webhook.OutcomeDelivered))
 	}
@@ -429,7 +403,7 @@ func TestDispatcherRedeliversAfterDeleteFailure(t *testing.T) {
 	ev := src.add(kpd.EventWelcomePending, "did:plc:a", "phone")
 	rc, url := newReceiver(t, nil)
 	run(t, newDispatcher(src, url, &outcomes{}))
-	eventually(t, "the outbox to empty", func() bool { return src.len() == 0 })
+	testkit.Eventually(t, "the outbox to empty", func() bool { return src.len() == 0 })
 	got, attempts := rc.snapshot()
 	if attempts[ev.ID] != 2 || len(got) != 2 || got[1].ID != ev.ID {
 		t.Fatalf("attempts %v, accepted %d; want the event delivered twice", attempts, len(got))
@@ -457,14 +431,14 @@ func TestDispatcherNewEventsWaitBehindFailure(t *testing.T) {
 	a2 := src.add(kpd.EventKeyPackagesExhausted, "did:plc:a", "phone")
 	b1 := src.add(kpd.EventWelcomePending, "did:plc:b", "laptop")
 	d.Notify()
-	eventually(t, "b's event", func() bool { got, _ := rc.snapshot(); return len(got) == 1 })
+	testkit.Eventually(t, "b's event", func() bool { got, _ := rc.snapshot(); return len(got) == 1 })
 	if got, _ := rc.snapshot(); got[0].ID != b1.ID {
 		t.Fatalf("accepted %s first, want b's %s (a's events wait behind a1)", got[0].ID, b1.ID)
 	}
 	mu.Lock()
 	failing = false
 	mu.Unlock()
-	eventually(t, "the outbox to empty", func() bool { return src.len() == 0 })
+	testkit.Eventually(t, "the outbox to empty", func() bool { return src.len() == 0 })
 	got, _ := rc.snapshot()
 	var ids []string
 	for _, ev := range got {
@@ -477,21 +451,3 @@ func TestDispatcherNewEventsWaitBehindFailure(t *testing.T) {
 
 // secretString is the signing secret as text, to look for in logs.
 var secretString = string(secret)
-
-// logBuffer is a log sink safe for concurrent use.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}

@@ -25,27 +25,10 @@ import (
 	k256ecdsa "github.com/decred/dcrd/dcrec/secp256k1/v4/ecdsa"
 
 	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/internal/testkit"
 )
 
 const serviceDID = "did:web:kpd.example.com"
-
-// testClock is an adjustable clock.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // testKey is a signing key with its Multikey form.
 type testKey struct {
@@ -197,7 +180,7 @@ func (d *directory) serve(w http.ResponseWriter, did string) {
 // env is a PLC directory on loopback and an Authenticator using it.
 type env struct {
 	t     *testing.T
-	clock *testClock
+	clock *testkit.Clock
 	dir   *directory
 	plc   *httptest.Server
 	// client trusts the TLS test servers that host did:web documents.
@@ -209,7 +192,7 @@ func newEnv(t *testing.T, cfg Config) *env {
 	t.Helper()
 	e := &env{
 		t:     t,
-		clock: &testClock{now: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)},
+		clock: testkit.NewClock(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)),
 		dir:   &directory{docs: map[string][]byte{}, fetches: map[string]int{}},
 	}
 	e.plc = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -725,7 +708,7 @@ func TestDefaultClientRefusesLoopbackDIDWeb(t *testing.T) {
 		hits.Add(1)
 	}))
 	defer srv.Close()
-	clock := &testClock{now: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)}
+	clock := testkit.NewClock(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
 	a, err := New(Config{ServiceDID: serviceDID, Clock: clock.Now}) // kpd's own HTTP clients
 	if err != nil {
 		t.Fatal(err)

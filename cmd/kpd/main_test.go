@@ -2,27 +2,24 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/client"
+	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/kv"
 )
 
-const aliceDID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+const aliceDID = testkit.AliceDID
 
 // fixture is alice_dev1 of suite 1 from testdata/mls, with the time at which
 // it is valid.
@@ -34,53 +31,14 @@ type fixture struct {
 
 func loadFixture(t *testing.T) fixture {
 	t.Helper()
-	raw, err := os.ReadFile("../../testdata/mls/tsmls-fixtures.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doc struct {
-		Suites []struct {
-			ID          int `json:"id"`
-			KeyPackages map[string]struct {
-				MLSMessage string `json:"mls_message_b64"`
-				Ref        string `json:"ref_hex"`
-				NotBefore  int64  `json:"not_before"`
-			} `json:"key_packages"`
-		} `json:"suites"`
-	}
-	if err := json.Unmarshal(raw, &doc); err != nil {
-		t.Fatal(err)
-	}
-	kp := doc.Suites[0].KeyPackages["alice_dev1"]
-	b, err := base64.StdEncoding.DecodeString(kp.MLSMessage)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fixture{keyPackage: b, ref: kpd.Ref(kp.Ref), now: time.Unix(kp.NotBefore, 0).Add(time.Hour)}
-}
-
-// syncBuffer is a bytes.Buffer safe for the server's logger and the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	kp := testkit.Fixtures(t).Suite(t, 1).KeyPackages["alice_dev1"]
+	return fixture{keyPackage: kp.Message, ref: kp.Ref(), now: kp.Now()}
 }
 
 // newMain returns a Main with captured output, an environment of its own and
 // the fixture's clock.
-func newMain(env map[string]string, now time.Time) (*Main, *syncBuffer, *syncBuffer) {
-	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+func newMain(env map[string]string, now time.Time) (*Main, *testkit.SyncBuffer, *testkit.SyncBuffer) {
+	stdout, stderr := &testkit.SyncBuffer{}, &testkit.SyncBuffer{}
 	m := &Main{
 		Stdout: stdout,
 		Stderr: stderr,
@@ -224,7 +182,7 @@ func TestTokenLifecycle(t *testing.T) {
 
 	// The token authenticates Alice against a token-auth server.
 	srv, _, _ := newMain(env, fx.now)
-	srvLog := &syncBuffer{}
+	srvLog := &testkit.SyncBuffer{}
 	srv.Stderr = srvLog
 	url := startServe(t, srv, "--listen", "127.0.0.1:0")
 	if _, err := client.New(url, token).Publish(ctx, "dev1", [][]byte{fx.keyPackage}); err != nil {

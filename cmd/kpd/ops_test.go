@@ -16,6 +16,7 @@ import (
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/client"
+	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/mls"
 	"github.com/kpd-dir/kpd/mls/mlstest"
 	"github.com/kpd-dir/kpd/webhook"
@@ -79,19 +80,11 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// httpGet sends a GET with the given Authorization header (none when
+// empty) and returns the status and the body.
 func httpGet(t *testing.T, url, authorization string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if authorization != "" {
-		req.Header.Set("Authorization", authorization)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := testkit.Do(t, http.MethodGet, url, authorization)
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
