@@ -67,6 +67,7 @@ usage:
   kpd backup -o FILE          snapshot a running server (--url) or a database file (--db)
   kpd restore --from FILE     verify a snapshot and replace the database (--db) with it
   kpd compact [--db FILE]     rewrite a database file to reclaim free space
+  kpd bench [flags]           load generator: throughput and latency (kpd bench -h)
   kpd version                 print the version
 `
 
@@ -93,6 +94,8 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		return m.restore(ctx, rest)
 	case "compact":
 		return m.compact(ctx, rest)
+	case "bench":
+		return m.bench(ctx, rest)
 	case "version":
 		fmt.Fprintln(m.Stdout, "kpd", versionString())
 		return nil
