@@ -12,7 +12,8 @@ FUZZ_TARGETS := \
 	./mls:FuzzParseKeyPackage \
 	./mls:FuzzParseWelcome \
 	./index:FuzzDecodeKeys \
-	./kv:FuzzDecodeRecord
+	./kv:FuzzDecodeRecord \
+	./httpapi:FuzzRequests
 
 .PHONY: all build run test lint bench fuzz clean
 

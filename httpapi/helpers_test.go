@@ -61,6 +61,8 @@ type testServer struct {
 	registry *mls.Registry
 	now      time.Time
 	logs     *testkit.SyncBuffer
+	// handler is the API handler the server serves, for in-process calls.
+	handler http.Handler
 }
 
 // start serves httpapi.New on a fresh kv database in t.TempDir(), with dev
@@ -112,7 +114,8 @@ func start(t testing.TB, opts ...func(*options)) *testServer {
 	if o.config != nil {
 		o.config(&cfg)
 	}
-	srv := httptest.NewServer(httpapi.New(cfg))
+	handler := httpapi.New(cfg)
+	srv := httptest.NewServer(handler)
 	t.Cleanup(func() {
 		srv.Close()
 		violations, err := db.Verify(context.Background())
@@ -126,7 +129,7 @@ func start(t testing.TB, opts ...func(*options)) *testServer {
 			t.Errorf("close: %v", err)
 		}
 	})
-	return &testServer{t: t, URL: srv.URL, db: db, registry: registry, now: now, logs: logs}
+	return &testServer{t: t, URL: srv.URL, db: db, registry: registry, now: now, logs: logs, handler: handler}
 }
 
 // as returns a client authenticated as did (dev authentication).
