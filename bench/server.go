@@ -94,14 +94,7 @@ func listen(h http.Handler) (string, *http.Server, error) {
 	if err != nil {
 		return "", nil, fmt.Errorf("listen: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       60 * time.Second,
-		WriteTimeout:      90 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-	}
+	srv := httpapi.NewServer(h)
 	go func() { _ = srv.Serve(ln) }() // ErrServerClosed once shut down
 	return "http://" + ln.Addr().String(), srv, nil
 }

@@ -279,3 +279,18 @@ func isLowerHex(s string) bool {
 	}
 	return true
 }
+
+// NewServer returns an http.Server for h with kpd's timeouts: 10 s to read
+// the request headers, 60 s to read a request, 90 s to write a response (a
+// 60 s long-poll plus a slow client), 120 s of idle keep-alive, and 64 KiB
+// of headers.
+func NewServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      90 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+}

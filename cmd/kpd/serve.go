@@ -226,17 +226,9 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 		LastBackup: lastBackup,
 	}))
 	mux.Handle("/", handler)
-	m.srv = &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       60 * time.Second,
-		// Long enough for a 60 s long-poll plus a slow client.
-		WriteTimeout:   90 * time.Second,
-		IdleTimeout:    120 * time.Second,
-		MaxHeaderBytes: 64 << 10,
-		ErrorLog:       newStdLogger(logger),
-		BaseContext:    func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
-	}
+	m.srv = httpapi.NewServer(mux)
+	m.srv.ErrorLog = newStdLogger(logger)
+	m.srv.BaseContext = func(net.Listener) context.Context { return context.WithoutCancel(ctx) }
 	m.srv.RegisterOnShutdown(sync.OnceFunc(func() { close(shuttingDown) }))
 	m.shutdownTimeout = c.shutdownTimeout
 	m.logger = logger
