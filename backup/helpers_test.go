@@ -26,6 +26,9 @@ func openDB(t testing.TB, path string) *kv.DB {
 	db, err := kv.Open(path, &kv.Options{
 		Clock:                func() time.Time { return t0 },
 		MaxAvailablePerSuite: 100000,
+		// A map larger than the file, so that writers are never held up by
+		// a remap while a snapshot's read transaction is open.
+		InitialMmapSize: 256 << 20,
 	})
 	if err != nil {
 		t.Fatalf("open %s: %v", path, err)

@@ -117,6 +117,12 @@ type Options struct {
 	// MaxBatchDelay is the longest a write waits for others to share its
 	// commit; 0 means DefaultMaxBatchDelay.
 	MaxBatchDelay time.Duration
+	// InitialMmapSize is the size of bbolt's first memory map; 0 means
+	// bbolt's default. bbolt cannot grow its map while a read transaction
+	// is open, so when the file outgrows the map during a long read (a
+	// snapshot), writers wait until the read ends; a map larger than the
+	// file avoids that. It reserves address space, not memory.
+	InitialMmapSize int
 	// NoSync skips fsync after commits: for tests and benchmarks only, a
 	// crash can then lose or corrupt data.
 	NoSync bool
@@ -216,10 +222,11 @@ var migrations = map[uint64]migration{1: migrateToV2}
 func Open(path string, opts *Options) (*DB, error) {
 	o := opts.withDefaults()
 	bdb, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:      o.OpenTimeout,
-		ReadOnly:     o.ReadOnly,
-		NoSync:       o.NoSync,
-		FreelistType: bolt.FreelistMapType,
+		Timeout:         o.OpenTimeout,
+		ReadOnly:        o.ReadOnly,
+		NoSync:          o.NoSync,
+		InitialMmapSize: o.InitialMmapSize,
+		FreelistType:    bolt.FreelistMapType,
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open %s: %w (lock not obtained within %s)", path, ErrInUse, o.OpenTimeout)
