@@ -58,6 +58,12 @@ type AdminConfig struct {
 	// LastBackup, when set, gives the time of the newest scheduled
 	// snapshot (zero for none) for GET /v1/admin/stats.
 	LastBackup func() time.Time
+	// Tokens, when set, serves the API token routes (see AdminTokensPath):
+	// POST creates a token for a DID and answers it once, GET lists the
+	// tokens (never their secrets), DELETE .../{id} revokes one.
+	Tokens AdminTokenStore
+	// Clock gives the creation time of new tokens; nil means time.Now.
+	Clock kpd.Clock
 }
 
 // NewAdmin returns the handler of the admin routes of SPEC section 5, which
@@ -76,6 +82,11 @@ type AdminConfig struct {
 //     totals as JSON: KeyPackages by suite and state, devices, Welcomes,
 //     deliveries by state, pool sizes, undelivered events, database size
 //     and the last scheduled backup.
+//   - POST /v1/admin/tokens (with AdminConfig.Tokens) creates an API token
+//     for {"did", "label"} and answers 201 with the token, shown only
+//     then; GET /v1/admin/tokens[?did=] lists the tokens without their
+//     secrets; DELETE /v1/admin/tokens/{id} revokes one (204, or 404
+//     NotFound).
 //
 // Errors are RFC 9457 problem documents, as on every other route.
 func NewAdmin(cfg AdminConfig) http.Handler {
@@ -96,6 +107,7 @@ func NewAdmin(cfg AdminConfig) http.Handler {
 		}
 		s.handlePublic(http.MethodGet, AdminBackupPath, a.authorized(a.backup))
 		a.registerStats(cfg)
+		a.registerTokens(cfg)
 	}
 	return s.requestID(s.logRequests(s.recoverPanics(s.router)))
 }

@@ -20,8 +20,8 @@ import (
 // minAdminTokenLength is the shortest admin token `kpd serve` accepts.
 const minAdminTokenLength = 16
 
-// adminTokenFlags are --admin-token and --admin-token-file, of `kpd serve`
-// and `kpd backup`.
+// adminTokenFlags are --admin-token and --admin-token-file, of `kpd serve`,
+// `kpd backup` and `kpd token`.
 type adminTokenFlags struct {
 	token, file string
 }
@@ -34,6 +34,16 @@ func (f *adminTokenFlags) register(fs *flag.FlagSet, usage string) {
 // value returns the admin token, "" when neither flag is set.
 func (f *adminTokenFlags) value() (string, error) {
 	return readSecret("admin-token", f.token, f.file)
+}
+
+// required is value for a command that calls the admin routes of --url:
+// a missing token is a usage error of cmd.
+func (f *adminTokenFlags) required(cmd string) (string, error) {
+	tok, err := f.value()
+	if err == nil && tok == "" {
+		err = usageErrorf("%s: --url needs --admin-token, --admin-token-file or KPD_ADMIN_TOKEN", cmd)
+	}
+	return tok, err
 }
 
 // serverToken is value for `kpd serve`, which refuses a short token.
@@ -117,12 +127,9 @@ func (m *Main) backup(ctx context.Context, args []string) error {
 	bar := m.newProgressBar("backup")
 	var src backup.Source
 	if *url != "" {
-		token, err := admin.value()
+		token, err := admin.required("backup")
 		if err != nil {
 			return err
-		}
-		if token == "" {
-			return usageErrorf("backup: --url needs --admin-token, --admin-token-file or KPD_ADMIN_TOKEN")
 		}
 		src = backup.SourceFunc(func(w io.Writer) (int64, error) {
 			return backup.Download(ctx, *url, token, w, bar.update)

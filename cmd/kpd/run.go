@@ -63,6 +63,7 @@ usage:
   kpd token create --did DID  create an API token (printed once)
   kpd token list              list tokens (ids, DIDs, creation times)
   kpd token revoke ID         revoke a token
+                              (token commands: on a running server with --url and its admin token)
   kpd verify --db FILE        check every store invariant (exit 1 on a violation)
   kpd backup -o FILE          snapshot a running server (--url) or a database file (--db)
   kpd restore --from FILE     verify a snapshot and replace the database (--db) with it

@@ -224,6 +224,8 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 		Logger:     logger,
 		Stats:      db,
 		LastBackup: lastBackup,
+		Tokens:     db,
+		Clock:      m.Clock,
 	}))
 	mux.Handle("/", handler)
 	m.srv = httpapi.NewServer(mux)

@@ -1,26 +1,49 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/auth"
+	"github.com/kpd-dir/kpd/httpapi"
 	"github.com/kpd-dir/kpd/kv"
 )
 
-// token runs `kpd token create|list|revoke`. Tokens live in the database
-// file, which a running server holds locked: these commands fail with a
-// clear message while `kpd serve` runs on the same file.
+// tokenStore is what `kpd token` does to the tokens: on a database file
+// that no server has open (kv.DB), or through the admin routes of a
+// running server (adminTokens).
+type tokenStore interface {
+	// create makes a token for did and returns it with its description.
+	create(ctx context.Context, did, label string) (string, kpd.Token, error)
+	// list returns the tokens, of one DID or (did == "") all.
+	list(ctx context.Context, did string) ([]kpd.Token, error)
+	// revoke deletes the token with this ID; NotFound if none.
+	revoke(ctx context.Context, id string) error
+}
+
+// token runs `kpd token create|list|revoke`. With --url the commands call
+// the admin routes of a running server; without it they open the database
+// file, which a running server holds locked: they then fail with a clear
+// message while `kpd serve` runs on the same file.
 func (m *Main) token(ctx context.Context, args []string) error {
 	if len(args) == 0 {
 		return usageErrorf("token: want create, list or revoke")
 	}
 	sub, args := args[0], args[1:]
-	fs := newFlagSet("token "+sub, m.Stderr, "token "+sub+" [flags]")
-	dbPath := fs.String("db", "kpd.db", "database `file`")
+	fs := newFlagSet("token "+sub, m.Stderr, "token "+sub+" [--url URL --admin-token-file FILE | --db FILE] [flags]")
+	dbPath := fs.String("db", "kpd.db", "database `file` when no --url is given (it must not be in use)")
+	baseURL := fs.String("url", "", "base `URL` of a running kpd whose admin routes manage the tokens")
+	var admin adminTokenFlags
+	admin.register(fs, "the server's admin `token`, with --url")
 	var did, label string
 	switch sub {
 	case "create":
@@ -46,26 +69,34 @@ func (m *Main) token(ctx context.Context, args []string) error {
 		return usageErrorf("token create: --did %q is not a DID (did:<method>:<id>)", did)
 	}
 
-	db, err := kv.Open(*dbPath, &kv.Options{Clock: m.Clock})
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-
-	switch sub {
-	case "create":
-		tok, hash, err := auth.GenerateToken()
+	var store tokenStore
+	if *baseURL != "" {
+		tok, err := admin.required("token " + sub)
 		if err != nil {
 			return err
 		}
-		t := kpd.Token{ID: auth.TokenID(hash), Hash: hash, DID: did, Label: label, CreatedAt: m.Clock.Now().UTC()}
-		if err := db.PutToken(ctx, t); err != nil {
+		a := newAdminTokens(*baseURL, tok)
+		defer a.hc.CloseIdleConnections()
+		store = a
+	} else {
+		db, err := kv.Open(*dbPath, &kv.Options{Clock: m.Clock})
+		if err != nil {
 			return err
 		}
-		fmt.Fprintf(m.Stderr, "token %s for %s created; it is shown only once:\n", t.ID, did)
+		defer db.Close()
+		store = localTokens{db: db, clock: m.Clock}
+	}
+
+	switch sub {
+	case "create":
+		tok, t, err := store.create(ctx, did, label)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(m.Stderr, "token %s for %s created; it is shown only once:\n", t.ID, t.DID)
 		fmt.Fprintln(m.Stdout, tok)
 	case "list":
-		toks, err := db.Tokens(ctx, did)
+		toks, err := store.list(ctx, did)
 		if err != nil {
 			return err
 		}
@@ -76,10 +107,153 @@ func (m *Main) token(ctx context.Context, args []string) error {
 		}
 		return w.Flush()
 	case "revoke":
-		if err := db.RevokeToken(ctx, fs.Arg(0)); err != nil {
+		if err := store.revoke(ctx, fs.Arg(0)); err != nil {
 			return err
 		}
 		fmt.Fprintf(m.Stderr, "token %s revoked\n", fs.Arg(0))
+	}
+	return nil
+}
+
+// localTokens manages the tokens in a database file.
+type localTokens struct {
+	db    *kv.DB
+	clock kpd.Clock
+}
+
+func (l localTokens) create(ctx context.Context, did, label string) (string, kpd.Token, error) {
+	tok, hash, err := auth.GenerateToken()
+	if err != nil {
+		return "", kpd.Token{}, err
+	}
+	t := kpd.Token{ID: auth.TokenID(hash), Hash: hash, DID: did, Label: label, CreatedAt: l.clock.Now().UTC()}
+	if err := l.db.PutToken(ctx, t); err != nil {
+		return "", kpd.Token{}, err
+	}
+	return tok, t, nil
+}
+
+func (l localTokens) list(ctx context.Context, did string) ([]kpd.Token, error) {
+	return l.db.Tokens(ctx, did)
+}
+
+func (l localTokens) revoke(ctx context.Context, id string) error {
+	return l.db.RevokeToken(ctx, id)
+}
+
+// adminRequestTimeout bounds one call of `kpd token --url`.
+const adminRequestTimeout = 30 * time.Second
+
+// maxAdminResponseBytes bounds the answer of an admin token route.
+const maxAdminResponseBytes = 16 << 20
+
+// adminTokens manages the tokens through the admin routes of a running
+// server.
+type adminTokens struct {
+	base, token string
+	hc          *http.Client
+}
+
+func newAdminTokens(baseURL, token string) *adminTokens {
+	return &adminTokens{
+		base:  strings.TrimSuffix(baseURL, "/"),
+		token: token,
+		hc:    &http.Client{Timeout: adminRequestTimeout, Transport: http.DefaultTransport.(*http.Transport).Clone()},
+	}
+}
+
+// adminToken is a token as the admin routes describe it.
+type adminToken struct {
+	Token     string    `json:"token"`
+	ID        string    `json:"id"`
+	DID       string    `json:"did"`
+	Label     string    `json:"label"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+func (t adminToken) token() kpd.Token {
+	return kpd.Token{ID: t.ID, DID: t.DID, Label: t.Label, CreatedAt: t.CreatedAt}
+}
+
+func (a *adminTokens) create(ctx context.Context, did, label string) (string, kpd.Token, error) {
+	body, err := json.Marshal(map[string]string{"did": did, "label": label})
+	if err != nil {
+		return "", kpd.Token{}, err
+	}
+	var out adminToken
+	if err := a.do(ctx, http.MethodPost, httpapi.AdminTokensPath, body, http.StatusCreated, &out); err != nil {
+		return "", kpd.Token{}, err
+	}
+	if out.Token == "" {
+		return "", kpd.Token{}, fmt.Errorf("POST %s%s: the answer has no token", a.base, httpapi.AdminTokensPath)
+	}
+	return out.Token, out.token(), nil
+}
+
+func (a *adminTokens) list(ctx context.Context, did string) ([]kpd.Token, error) {
+	path := httpapi.AdminTokensPath
+	if did != "" {
+		path += "?" + url.Values{"did": {did}}.Encode()
+	}
+	var out struct {
+		Tokens []adminToken `json:"tokens"`
+	}
+	if err := a.do(ctx, http.MethodGet, path, nil, http.StatusOK, &out); err != nil {
+		return nil, err
+	}
+	toks := make([]kpd.Token, len(out.Tokens))
+	for i, t := range out.Tokens {
+		toks[i] = t.token()
+	}
+	return toks, nil
+}
+
+func (a *adminTokens) revoke(ctx context.Context, id string) error {
+	return a.do(ctx, http.MethodDelete, httpapi.AdminTokensPath+"/"+url.PathEscape(id), nil, http.StatusNoContent, nil)
+}
+
+// do sends one admin request with body (JSON, nil for none) and decodes
+// the answer into out when its status is want. Any other status is an
+// error: a *kpd.Error with the code of its problem document, if it has one.
+func (a *adminTokens) do(ctx context.Context, method, path string, body []byte, want int, out any) error {
+	endpoint := a.base + path
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, endpoint, rd)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, endpoint, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+a.token)
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := a.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, endpoint, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAdminResponseBytes))
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, endpoint, err)
+	}
+	if resp.StatusCode != want {
+		var p struct {
+			Code   kpd.Code `json:"code"`
+			Detail string   `json:"detail"`
+		}
+		if json.Unmarshal(data, &p) == nil && p.Code != "" {
+			return &kpd.Error{Code: p.Code, Message: fmt.Sprintf("%s %s: %s: %s", method, endpoint, resp.Status, p.Detail)}
+		}
+		return fmt.Errorf("%s %s: %s", method, endpoint, resp.Status)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("%s %s: decoding the answer: %w", method, endpoint, err)
 	}
 	return nil
 }
