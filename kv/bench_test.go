@@ -27,12 +27,11 @@ func benchParallelism() int {
 	return max(1, benchGoroutines/runtime.GOMAXPROCS(0))
 }
 
-// benchDB opens a synced database with the default batch settings and no
+// benchDB opens a synced database with the default group commit and no
 // effective per-device quota.
 func benchDB(b *testing.B) *env {
 	return openTestDB(b, func(o *Options) {
 		o.NoSync = false
-		o.MaxBatchDelay = 0
 		o.MaxAvailablePerSuite = 1 << 30
 	})
 }
@@ -98,7 +97,8 @@ func BenchmarkBareBoltClaim(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer db.Close()
-	db.MaxBatchSize, db.MaxBatchDelay = DefaultMaxBatchSize, DefaultMaxBatchDelay
+	commit := newCommitter(db, DefaultMaxBatchSize, 0)
+	defer commit.close()
 	name := []byte("pool")
 	perDevice := b.N/benchDevices + 1
 	err = db.Update(func(tx *bolt.Tx) error {
@@ -126,7 +126,7 @@ func BenchmarkBareBoltClaim(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			prefix := index.DeviceSuite(bob, benchDevice(next.Add(1)), 1)
-			err := db.Batch(func(tx *bolt.Tx) error {
+			err := commit.do(func(tx *bolt.Tx) error {
 				c := tx.Bucket(name).Cursor()
 				if k, _ := c.Seek(prefix); !bytes.HasPrefix(k, prefix) {
 					return fmt.Errorf("pool %x is empty", prefix)

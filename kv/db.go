@@ -1,7 +1,8 @@
 // Package kv is kpd's Store on one bbolt file.
 //
 // Every Store method is one bbolt transaction: reads run in db.View, writes
-// in db.Batch, which commits many concurrent writers with one fsync. Each
+// through one writer goroutine that commits concurrent writes together
+// (group commit, commit.go). Each
 // KeyPackage is a record keyed by its raw KeyPackageRef; secondary indexes
 // (a FIFO pool per device and suite, last-resort slots, expiry, claimed and
 // consumed times, the KeyPackages of each device) and per-device counters
@@ -44,21 +45,12 @@ const (
 	DefaultSweepBatchSize       = 1000
 	DefaultMaxOutbox            = 1_000_000
 
-	// DefaultMaxBatchSize and DefaultMaxBatchDelay tune group commit. A
-	// batch commits when it holds MaxBatchSize operations or MaxBatchDelay
-	// after its first operation arrived. With fewer concurrent writers than
-	// MaxBatchSize a batch never fills, so every batch waits the delay:
-	// too long and the disk idles (bbolt's default of 10 ms halves claim
-	// throughput); too short and batches start before the previous commit
-	// ends, queue on the writer lock with a few operations each and pay a
-	// commit apiece. BenchmarkClaim (64 writers, fsync) gave about 2k
-	// claims/s at 0.2 ms, 6k at 1 ms, 10k at 2 ms, 7k at 5 ms and 4k at
-	// 10 ms. 2 ms is also a small price for a lone write on an idle
-	// server. 256 operations (a claim touches a handful of keys) keep a
-	// transaction to a few hundred dirty pages and bound the work redone
-	// when one operation of a batch fails and bbolt re-runs the rest.
-	DefaultMaxBatchSize  = 256
-	DefaultMaxBatchDelay = 2 * time.Millisecond
+	// DefaultMaxBatchSize bounds group commit (commit.go): the most write
+	// operations one transaction carries. A claim touches a handful of
+	// keys, so 256 operations keep a transaction to a few hundred dirty
+	// pages and bound the work redone when one operation of a batch fails
+	// and the others re-run.
+	DefaultMaxBatchSize = 256
 )
 
 // ErrInUse is returned (wrapped, with the path) by Open when another process
@@ -114,8 +106,11 @@ type Options struct {
 	// MaxBatchSize is the most write operations committed together; 0
 	// means DefaultMaxBatchSize.
 	MaxBatchSize int
-	// MaxBatchDelay is the longest a write waits for others to share its
-	// commit; 0 means DefaultMaxBatchDelay.
+	// MaxBatchDelay is how long the writer, once it has a write to do,
+	// waits for others to share its commit; 0 (the default) means not at
+	// all: writes that arrive during a commit share the next one anyway,
+	// so a delay only adds latency (kept for tests that need writes to
+	// share a commit).
 	MaxBatchDelay time.Duration
 	// InitialMmapSize is the size of bbolt's first memory map; 0 means
 	// bbolt's default. bbolt cannot grow its map while a read transaction
@@ -147,7 +142,6 @@ func (o *Options) withDefaults() Options {
 	setDefault(&r.SweepBatchSize, DefaultSweepBatchSize)
 	setDefault(&r.MaxOutbox, DefaultMaxOutbox)
 	setDefault(&r.MaxBatchSize, DefaultMaxBatchSize)
-	setDefault(&r.MaxBatchDelay, DefaultMaxBatchDelay)
 	return r
 }
 
@@ -160,6 +154,7 @@ func setDefault[T int | time.Duration](v *T, def T) {
 // DB is the bbolt Store. It is safe for concurrent use.
 type DB struct {
 	bolt    *bolt.DB
+	commit  *committer
 	opts    Options
 	waiters waiters
 	// batch is the write transaction whose operations are being counted
@@ -234,8 +229,6 @@ func Open(path string, opts *Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	bdb.MaxBatchSize = o.MaxBatchSize
-	bdb.MaxBatchDelay = o.MaxBatchDelay
 	if o.ReadOnly {
 		err = bdb.View(checkSchema)
 	} else {
@@ -250,7 +243,7 @@ func Open(path string, opts *Options) (*DB, error) {
 		bdb.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	return &DB{bolt: bdb, opts: o}, nil
+	return &DB{bolt: bdb, opts: o, commit: newCommitter(bdb, o.MaxBatchSize, o.MaxBatchDelay)}, nil
 }
 
 // initSchema creates missing buckets and brings the schema version of a
@@ -316,11 +309,12 @@ func readSchemaVersion(tx *bolt.Tx) (uint64, error) {
 	return v, nil
 }
 
-// Close closes the database; pending batched writes complete first. It
-// first closes the channels of every WaitWelcome waiter, so long-polls
-// return.
+// Close closes the database; queued writes commit first. It first closes
+// the channels of every WaitWelcome waiter, so long-polls return. Writes
+// after Close fail.
 func (db *DB) Close() error {
 	db.waiters.close()
+	db.commit.close()
 	return db.bolt.Close()
 }
 
@@ -333,7 +327,7 @@ func (db *DB) Ready(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return db.bolt.Update(func(*bolt.Tx) error { return nil })
+	return db.commit.do(func(*bolt.Tx) error { return nil })
 }
 
 // Size returns the size of the database in bytes.
@@ -360,8 +354,8 @@ func (r refusal) Error() string { return r.err.Error() }
 func refuse(err error) error { return refusal{err} }
 
 // write runs fn in a write transaction shared with concurrent writers (one
-// fsync for the batch). fn may run more than once (bbolt re-runs a batch
-// without an operation that failed, and that operation alone), so it must
+// commit for the batch, see committer). fn may run more than once (a batch
+// re-runs without an operation that failed, and that operation alone), so it must
 // reset whatever it reports at its start and have no effect outside tx.
 // What fn leaves for after the commit (Observer calls, WaitWelcome wake-ups,
 // see txn) happens once, for its last run, and only if that run committed.
@@ -373,11 +367,12 @@ func (db *DB) write(ctx context.Context, fn func(t *txn) error) error {
 	}
 	var (
 		t       *txn
+		batch   *commitBatch
 		refused error
 	)
-	err := db.bolt.Batch(func(tx *bolt.Tx) error {
-		if b := db.countOp(tx); b != nil {
-			defer func() { b.end = time.Now() }()
+	err := db.commit.do(func(tx *bolt.Tx) error {
+		if batch = db.countOp(tx); batch != nil {
+			defer func() { batch.end = time.Now() }()
 		}
 		t, refused = db.newTxn(tx), nil
 		err := fn(t)
@@ -393,6 +388,9 @@ func (db *DB) write(ctx context.Context, fn func(t *txn) error) error {
 	})
 	if err != nil {
 		return err
+	}
+	if batch != nil {
+		batch.report(db.opts.Observer)
 	}
 	db.afterCommit(t)
 	return refused

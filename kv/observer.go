@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -46,30 +47,36 @@ type commitBatch struct {
 	tx  *bolt.Tx
 	ops int
 	// end is when the last operation's closure returned: the commit
-	// starts right after it.
-	end time.Time
+	// starts right after it. took is the commit's duration.
+	end  time.Time
+	took time.Duration
+	once sync.Once
 }
 
 // countOp records that a write closure runs in tx and returns the count of
 // tx's operations, or nil without an Observer. The first closure of a
-// transaction registers the OnCommit handler that reports the count; a
+// transaction registers the OnCommit handler that times the commit; a
 // transaction that rolls back never reports, and its retry is a new
-// transaction. Closures run under bbolt's writer lock, one at a time, so
-// db.batch needs no lock of its own; the handler runs after the lock is
-// released, in the goroutine that ran the closures, and reads only its own
-// commitBatch.
+// transaction. Closures run in the committer's goroutine, one at a time,
+// so db.batch needs no lock of its own.
 func (db *DB) countOp(tx *bolt.Tx) *commitBatch {
-	obs := db.opts.Observer
-	if obs == nil {
+	if db.opts.Observer == nil {
 		return nil
 	}
 	if db.batch == nil || db.batch.tx != tx {
 		b := &commitBatch{tx: tx}
 		db.batch = b
-		tx.OnCommit(func() { obs.CommitBatch(b.ops, time.Since(b.end)) })
+		tx.OnCommit(func() { b.took = time.Since(b.end) })
 	}
 	db.batch.ops++
 	return db.batch
+}
+
+// report tells the Observer about the committed transaction b, once
+// whichever of its operations' callers asks first: from the callers'
+// goroutines, so that a slow Observer does not hold up the writer.
+func (b *commitBatch) report(obs Observer) {
+	b.once.Do(func() { obs.CommitBatch(b.ops, b.took) })
 }
 
 // note keeps an Observer call for after the commit.
