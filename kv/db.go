@@ -21,6 +21,7 @@
 package kv
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -199,8 +200,9 @@ var (
 
 // schemaVersion is the layout this code reads and writes. Version 2 added
 // the store-wide counters, the outbox and the time indexes of deliveries
-// and Welcomes that the sweeper walks.
-const schemaVersion = 2
+// and Welcomes that the sweeper walks; version 3 keeps claimed and consumed
+// KeyPackages in the expiry index until they lapse (see indexEntries).
+const schemaVersion = 3
 
 // migration upgrades a database from one schema version to the next, inside
 // the transaction that opens it.
@@ -209,7 +211,31 @@ type migration func(tx *bolt.Tx) error
 // migrations[v] upgrades schema version v to v+1. Open runs every step a
 // database needs, in one transaction: it is upgraded completely or not at
 // all.
-var migrations = map[uint64]migration{1: migrateToV2}
+var migrations = map[uint64]migration{1: migrateToV2, 2: migrateToV3}
+
+// migrateToV3 upgrades a schema 2 database: every KeyPackage that is not
+// available gets its expiry index entry (schema 2 had them for available
+// ones only). The sweeper marks those already past their not_after lapsed
+// on its next run.
+func migrateToV3(tx *bolt.Tx) error {
+	var entries []indexEntry
+	err := tx.Bucket(bucketKeyPackages).ForEach(func(k, v []byte) error {
+		var r kpRecord
+		if err := decode(v, &r); err != nil {
+			return fmt.Errorf("%s: %w", describeKey(bucketKeyPackages, k), err)
+		}
+		for _, e := range indexEntries(bytes.Clone(k), &r) {
+			if bytes.Equal(e.bucket, bucketExpiry) {
+				entries = append(entries, e)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return (&txn{tx: tx}).moveEntries(nil, entries)
+}
 
 // Open opens (creating if needed) the database at path. It creates the
 // buckets, records the schema version and runs pending migrations. If

@@ -252,8 +252,14 @@ func TestSchema(t *testing.T) {
 	if err := update(func(tx *bolt.Tx) error { return initSchema(tx, 2, nil) }); err == nil {
 		t.Fatal("a newer schema was accepted")
 	}
+	// This kpd (an older schema) refuses a newer file, read-write and
+	// read-only.
+	if err := update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keySchemaVersion, index.Uint64(schemaVersion+1))
+	}); err != nil {
+		t.Fatal(err)
+	}
 	bdb.Close()
-	// This kpd (an older schema) refuses the file, read-write and read-only.
 	if _, err := Open(path, nil); err == nil || !strings.Contains(err.Error(), "newer") {
 		t.Fatalf("open of a newer schema: %v", err)
 	}

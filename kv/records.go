@@ -54,6 +54,10 @@ type kpRecord struct {
 	Welcome string `cbor:"16,keyasint,omitempty"`
 	// Pending counts the pending deliveries that name this KeyPackage.
 	Pending int `cbor:"17,keyasint,omitempty"`
+	// Lapsed marks a KeyPackage that the sweeper found past its
+	// not_after while it was claimed, consumed or retired (an available
+	// one is deleted instead): it has left the expiry index.
+	Lapsed bool `cbor:"18,keyasint,omitempty"`
 }
 
 // suiteCounts are a device's counters for one cipher suite, of regular

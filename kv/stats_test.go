@@ -327,6 +327,54 @@ func TestMigrationToV2(t *testing.T) {
 	e.wantStatsCounted(t, "after a sweep")
 }
 
+// TestMigrationToV3 opens a schema 2 database, whose expiry index has
+// available KeyPackages only: the migration adds the claimed and consumed
+// ones (the checker run at cleanup proves the index complete), and the
+// sweeper then lapses those past their not_after.
+func TestMigrationToV3(t *testing.T) {
+	e := newTestDB(t, workloadOptions)
+	e.workload(t, 5, 200, nil)
+	e.publishN(t, bob, "ipad", 1, 2)
+	claimed := e.claimOne(t, alice, bob, "ipad", 1)
+	if err := e.DB.Close(); err != nil {
+		t.Fatal(err)
+	}
+	bdb, err := bolt.Open(e.path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	removed := 0
+	err = bdb.Update(func(tx *bolt.Tx) error {
+		err := tx.Bucket(bucketKeyPackages).ForEach(func(k, v []byte) error {
+			var r kpRecord
+			if err := decode(v, &r); err != nil || r.State == kpd.StateAvailable || r.Lapsed {
+				return err
+			}
+			removed++
+			return tx.Bucket(bucketExpiry).Delete(index.TimeRef(r.NotAfter.time(), k))
+		})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keySchemaVersion, index.Uint64(2))
+	})
+	bdb.Close()
+	if err != nil || removed == 0 {
+		t.Fatalf("downgrade to schema 2: %v, %d expiry entries removed", err, removed)
+	}
+	o := &Options{Clock: e.clock.Now}
+	workloadOptions(o)
+	if e.DB, err = Open(e.path, o); err != nil {
+		t.Fatal(err)
+	}
+	if !e.inExpiry(t, claimed.Ref) {
+		t.Fatal("a claimed KeyPackage is not in the expiry index after the migration")
+	}
+	e.clock.Advance(30 * 24 * time.Hour)
+	e.sweep(t)
+	e.wantStatsCounted(t, "after a sweep")
+}
+
 // TestMigrationOfASchema1File opens testdata/schema1.bolt, written by kpd
 // before schema 2 (see testdata/README.md).
 func TestMigrationOfASchema1File(t *testing.T) {

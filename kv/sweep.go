@@ -267,13 +267,26 @@ func (s *sweeper) expireDelivery(key []byte) error {
 	return s.t.endDelivery(did, device, id, d, deliveryStatus{State: kpd.DeliveryExpired}, dev)
 }
 
+// expireKeyPackage deletes an available KeyPackage past its not_after, or
+// retires it if it is a last resort that pending deliveries name (see
+// txn.removeAvailable). What it keeps (such a last resort, and claimed and
+// consumed KeyPackages, which the claim and consumed retentions govern)
+// lapses: it leaves the expiry index.
 func (s *sweeper) expireKeyPackage(ref []byte) error {
 	r, dev, err := s.keyPackage(ref)
-	if err != nil || r.Retired {
+	if err != nil {
 		return err
 	}
-	s.stats.ExpiredKeyPackages++
-	return s.t.removeAvailable(ref, r, dev)
+	if r.State == kpd.StateAvailable && !r.Retired {
+		s.stats.ExpiredKeyPackages++
+		if !r.LastResort || r.Pending == 0 {
+			return s.t.transition(ref, r, nil, dev)
+		}
+	}
+	n := *r
+	n.Lapsed = true
+	n.Retired = r.State == kpd.StateAvailable
+	return s.t.transition(ref, r, &n, dev)
 }
 
 func (s *sweeper) purgeClaim(ref []byte) error {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/index"
 )
 
 // Retentions of the sweeper tests: distinct, so that each rule is seen to
@@ -45,6 +46,22 @@ func (e *env) wantSweep(t testing.TB, want SweepStats) {
 	}
 }
 
+// inExpiry reports whether the KeyPackage ref is in the expiry index.
+func (e *env) inExpiry(t testing.TB, ref kpd.Ref) bool {
+	t.Helper()
+	rec := e.record(t, ref)
+	raw, err := ref.Bytes()
+	if rec == nil || err != nil {
+		t.Fatalf("no KeyPackage %s: %v", ref, err)
+	}
+	var ok bool
+	e.read(e.ctx, func(tx *txn) error {
+		_, ok = tx.has(bucketExpiry, index.TimeRef(rec.NotAfter.time(), raw))
+		return nil
+	})
+	return ok
+}
+
 // kpExpiring returns a KeyPackage that expires d from now.
 func (e *env) kpExpiring(suite uint16, lastResort bool, d time.Duration) kpd.KeyPackage {
 	kp := e.newKP(suite)
@@ -68,10 +85,26 @@ func TestSweepExpiredKeyPackages(t *testing.T) {
 	fresh := e.kpExpiring(1, false, time.Hour)
 	e.publish(t, bob, "phone", fresh)
 
+	// Claims leave the expiry index alone.
+	if !e.inExpiry(t, short.Ref) || !e.inExpiry(t, long.Ref) {
+		t.Fatal("a claimed KeyPackage left the expiry index")
+	}
 	e.clock.Advance(time.Hour - time.Second)
 	e.wantSweep(t, SweepStats{})
 	e.clock.Advance(time.Second) // not_after reached: expired
 	e.wantSweep(t, SweepStats{ExpiredKeyPackages: 3})
+	// The claimed one past its not_after and the retired last resort
+	// lapse: they leave the expiry index and are otherwise kept.
+	for _, c := range []struct {
+		name   string
+		ref    kpd.Ref
+		lapsed bool
+	}{{"short", short.Ref, true}, {"long", long.Ref, false}, {"busy last resort", lrBusy.Ref, true}} {
+		rec := e.record(t, c.ref)
+		if rec == nil || rec.Lapsed != c.lapsed || e.inExpiry(t, c.ref) == c.lapsed {
+			t.Errorf("%s after the sweep: %+v, in the expiry index: %v", c.name, rec, e.inExpiry(t, c.ref))
+		}
+	}
 
 	_, list := e.inventory(t, bob, "phone")
 	if stateOf(list, fresh.Ref) != "" || stateOf(list, lrIdle.Ref) != "" {

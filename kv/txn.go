@@ -111,15 +111,23 @@ func (e indexEntry) equal(o indexEntry) bool {
 
 // indexEntries returns exactly the index entries that the KeyPackage ref
 // with record r belongs to (SPEC invariant 1): every KeyPackage is listed
-// under its device; an available one is in the expiry index and in its
-// device's pool (regular) or last-resort slot (a last resort that is not
-// retired); a claimed or consumed one in the index of its claim or
-// consumption time.
+// under its device, and in the expiry index until it has lapsed; an
+// available one is in its device's pool (regular) or last-resort slot (a
+// last resort that is not retired); a claimed or consumed one in the index
+// of its claim or consumption time.
+//
+// Claimed and consumed KeyPackages stay in the expiry index (until the
+// sweeper passes their not_after and marks them lapsed) so that a claim
+// and an ack leave it alone: deleting a random key of a large index costs
+// a claim one more scattered page in its commit, and the commit's page
+// writes are what limits claim throughput (docs/BENCHMARKS.md).
 func indexEntries(ref []byte, r *kpRecord) []indexEntry {
 	e := []indexEntry{{bucketDeviceKPs, index.DeviceRef(r.DID, r.Device, ref), nil}}
+	if !r.Lapsed {
+		e = append(e, indexEntry{bucketExpiry, index.TimeRef(r.NotAfter.time(), ref), nil})
+	}
 	switch r.State {
 	case kpd.StateAvailable:
-		e = append(e, indexEntry{bucketExpiry, index.TimeRef(r.NotAfter.time(), ref), nil})
 		switch {
 		case !r.LastResort:
 			e = append(e, indexEntry{bucketPool, index.Pool(r.DID, r.Device, r.Suite, r.Seq), ref})

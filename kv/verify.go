@@ -215,6 +215,9 @@ func (v *verifier) keyPackage(k, val []byte) error {
 	if r.LastResort && r.State != kpd.StateAvailable {
 		v.report(1, bucketKeyPackages, k, "last resort in state %s: last resorts are never claimed or consumed", r.State)
 	}
+	if r.Lapsed && r.State == kpd.StateAvailable && !r.Retired {
+		v.report(1, bucketKeyPackages, k, "lapsed, but available: the sweeper deletes available KeyPackages when they expire")
+	}
 	if r.Retired && (!r.LastResort || r.Pending == 0) {
 		v.report(1, bucketKeyPackages, k, "retired, but not a last resort awaiting a pending delivery")
 	}

@@ -112,11 +112,20 @@ func TestVerifyFindsViolations(t *testing.T) {
 		{"claimed again: back to available", func(s *scenario, tx *bolt.Tx) error {
 			return s.editKP(tx, s.claimed, func(r *kpRecord) { r.State = kpd.StateAvailable })
 		}, []expectation{
-			{1, "key_packages/{claimed}: available KeyPackage missing from index expiry"},
+			{1, "key_packages/{claimed}: available KeyPackage missing from index pool"},
 			{1, "available, yet routed by welcome {welcome}"},
 			{3, "suite 1 counters available=1 claimed=1, records say 2 and 0"},
 			{4, "names KeyPackage {claimed}, which is available for welcome"},
 		}},
+		{"available and lapsed", func(s *scenario, tx *bolt.Tx) error {
+			if err := tx.Bucket(bucketExpiry).Delete(index.TimeRef(s.record(t, s.available).NotAfter.time(), s.raw(s.available))); err != nil {
+				return err
+			}
+			return s.editKP(tx, s.available, func(r *kpRecord) { r.Lapsed = true })
+		}, []expectation{{1, "key_packages/{available}: lapsed, but available"}}},
+		{"claimed KeyPackage missing from expiry", func(s *scenario, tx *bolt.Tx) error {
+			return tx.Bucket(bucketExpiry).Delete(index.TimeRef(s.record(t, s.claimed).NotAfter.time(), s.raw(s.claimed)))
+		}, []expectation{{1, "key_packages/{claimed}: claimed KeyPackage missing from index expiry"}}},
 		{"last resort claimed", func(s *scenario, tx *bolt.Tx) error {
 			return s.editKP(tx, s.lastResort, func(r *kpRecord) { r.State = kpd.StateClaimed })
 		}, []expectation{{1, "last resort in state claimed"}, {2, "claimed without claimer"}}},
