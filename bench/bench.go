@@ -35,6 +35,7 @@ import (
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/client"
+	"github.com/kpd-dir/kpd/kv"
 	"github.com/kpd-dir/kpd/mls"
 )
 
@@ -161,6 +162,18 @@ type Report struct {
 	Stopped    string       `json:"stopped"`
 	Operations []OpReport   `json:"operations"`
 	Errors     []ErrorCount `json:"errors"`
+	// Store is what the in-process store's group commit did in the
+	// timed phase; nil against a URL.
+	Store *StoreReport `json:"store,omitempty"`
+}
+
+// StoreReport counts the in-process store's commits in the timed phase:
+// write transactions, the store operations they carried and the pages
+// bbolt wrote for them (kv.WriteStats).
+type StoreReport struct {
+	Commits      int64 `json:"commits"`
+	Operations   int64 `json:"operations"`
+	PagesWritten int64 `json:"pages_written"`
 }
 
 // Op returns the report of the named operation, or nil.
@@ -290,7 +303,9 @@ type runner struct {
 	runID  string
 	report *Report
 
-	url     string
+	url string
+	// db is the in-process store, nil against a URL.
+	db      *kv.DB
 	closers []func() error
 	hc      *http.Client
 	workers []*worker
@@ -350,7 +365,7 @@ func (r *runner) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.url = srv.URL
+	r.url, r.db = srv.URL, srv.DB
 	r.closers = append(r.closers, srv.Close)
 	r.report.Target = "in-process (" + path + ")"
 	if cfg.NoSync {
@@ -398,6 +413,10 @@ func (r *runner) timed(ctx context.Context) error {
 		defer pprof.StopCPUProfile()
 	}
 
+	var storeBefore kv.WriteStats
+	if r.db != nil {
+		storeBefore = r.db.WriteStats()
+	}
 	var done atomic.Int64
 	var exhausted atomic.Bool
 	start := time.Now()
@@ -433,6 +452,14 @@ func (r *runner) timed(ctx context.Context) error {
 	}
 	r.report.Seconds = elapsed.Seconds()
 	r.report.Operations, r.report.Errors = rec.reports(elapsed)
+	if r.db != nil {
+		after := r.db.WriteStats()
+		r.report.Store = &StoreReport{
+			Commits:      after.Commits - storeBefore.Commits,
+			Operations:   after.Operations - storeBefore.Operations,
+			PagesWritten: after.PagesWritten - storeBefore.PagesWritten,
+		}
+	}
 	switch {
 	case exhausted.Load():
 		r.report.Stopped = stoppedExhausted

@@ -85,6 +85,16 @@ func TestClaim(t *testing.T) {
 	if r.SetupPublished != 40 || r.Devices != 12 {
 		t.Errorf("pools: %d published for %d devices", r.SetupPublished, r.Devices)
 	}
+	// The store's commits of the timed phase: the 40 claims, in at most
+	// 40 transactions, each of which wrote pages (its own and a meta page).
+	if s := r.Store; s == nil || s.Operations != 40 || s.Commits < 1 || s.Commits > 40 || s.PagesWritten < 2*s.Commits {
+		t.Errorf("store report %+v", s)
+	}
+	var text bytes.Buffer
+	r.WriteText(&text)
+	if !strings.Contains(text.String(), "pages written per commit") {
+		t.Errorf("text report lacks the store line:\n%s", text.String())
+	}
 }
 
 // A duration-bounded run stops when the KeyPackages it made run out, and
@@ -224,8 +234,8 @@ func TestRemoteServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkReport(t, r, opRoundtrip)
-	if r.Target != srv.URL {
-		t.Errorf("target %q", r.Target)
+	if r.Target != srv.URL || r.Store != nil {
+		t.Errorf("target %q, store report %+v (the store is not in this process)", r.Target, r.Store)
 	}
 }
 

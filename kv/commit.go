@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -32,6 +33,10 @@ type committer struct {
 	// linger is how long the writer waits, after the first operation of a
 	// batch, for others to join; 0 means not at all.
 	linger time.Duration
+
+	// commits and ops count the committed transactions and the
+	// operations they carried (WriteStats).
+	commits, ops atomic.Int64
 
 	queue chan *writeOp
 	mu    sync.RWMutex // held shared while sending to queue, exclusively by close
@@ -143,6 +148,10 @@ func (c *committer) run(batch []*writeOp) {
 			return nil
 		})
 		if failed < 0 {
+			if err == nil {
+				c.commits.Add(1)
+				c.ops.Add(int64(len(batch)))
+			}
 			for _, op := range batch {
 				op.err <- err
 			}
@@ -150,7 +159,12 @@ func (c *committer) run(batch []*writeOp) {
 		}
 		op := batch[failed]
 		batch = slices.Delete(batch, failed, failed+1)
-		op.err <- c.db.Update(func(tx *bolt.Tx) error { return call(op.fn, tx) })
+		err = c.db.Update(func(tx *bolt.Tx) error { return call(op.fn, tx) })
+		if err == nil {
+			c.commits.Add(1)
+			c.ops.Add(1)
+		}
+		op.err <- err
 	}
 }
 

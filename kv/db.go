@@ -422,6 +422,27 @@ func (db *DB) write(ctx context.Context, fn func(t *txn) error) error {
 	return refused
 }
 
+// WriteStats are totals of the store's group commits since Open.
+type WriteStats struct {
+	// Commits counts the committed write transactions of Store
+	// operations, and Operations the operations they carried.
+	Commits, Operations int64
+	// PagesWritten counts the pages bbolt wrote for every write
+	// transaction, meta pages included: a commit's cost on the disk
+	// grows with it (docs/BENCHMARKS.md).
+	PagesWritten int64
+}
+
+// WriteStats returns the totals of group commit since Open.
+func (db *DB) WriteStats() WriteStats {
+	st := db.bolt.Stats()
+	return WriteStats{
+		Commits:      db.commit.commits.Load(),
+		Operations:   db.commit.ops.Load(),
+		PagesWritten: st.TxStats.GetWrite(),
+	}
+}
+
 // read runs fn in a read-only transaction.
 func (db *DB) read(ctx context.Context, fn func(t *txn) error) error {
 	if err := ctx.Err(); err != nil {

@@ -223,6 +223,7 @@ func TestObserverCommitBatch(t *testing.T) {
 	e := newTestDB(t, func(o *Options) { o.Observer = obs; o.MaxBatchDelay = 10 * time.Millisecond })
 	e.publishN(t, bob, "phone", 1, 100)
 	obs.ops()
+	before := e.WriteStats()
 	const writers = 32
 	var wg sync.WaitGroup
 	for i := range writers {
@@ -244,6 +245,11 @@ func TestObserverCommitBatch(t *testing.T) {
 	}
 	if total != writers || most < 2 {
 		t.Fatalf("commits carried %v operations: want %d in all, some shared", ops, writers)
+	}
+	// WriteStats counts the same commits and operations.
+	if ws := e.WriteStats(); ws.Operations-before.Operations != writers || ws.Commits-before.Commits != int64(len(ops)) ||
+		ws.PagesWritten-before.PagesWritten < 2*int64(len(ops)) {
+		t.Fatalf("write stats %+v before, %+v after %d commits", before, ws, len(ops))
 	}
 	obs.mu.Lock()
 	defer obs.mu.Unlock()
