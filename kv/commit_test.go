@@ -12,7 +12,7 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-func openBolt(t *testing.T) *bolt.DB {
+func openTestBolt(t *testing.T) *bolt.DB {
 	t.Helper()
 	db, err := bolt.Open(filepath.Join(t.TempDir(), "c.db"), 0o600, &bolt.Options{NoSync: true})
 	if err != nil {
@@ -28,7 +28,7 @@ func openBolt(t *testing.T) *bolt.DB {
 // TestCommitterPanic: an operation that panics fails alone, with an error,
 // and the writer goes on committing the others.
 func TestCommitterPanic(t *testing.T) {
-	db := openBolt(t)
+	db := openTestBolt(t)
 	c := newCommitter(db, 8, 0)
 	defer c.close()
 	err := c.do(func(*bolt.Tx) error { panic("boom") })
@@ -43,7 +43,7 @@ func TestCommitterPanic(t *testing.T) {
 // TestCommitterClose: close commits what is queued, later writes fail, and
 // close may be called twice.
 func TestCommitterClose(t *testing.T) {
-	db := openBolt(t)
+	db := openTestBolt(t)
 	c := newCommitter(db, 4, 0)
 	const writers = 50
 	var wg sync.WaitGroup
@@ -81,7 +81,7 @@ func TestCommitterClose(t *testing.T) {
 // TestCommitterBatchesWhileBusy: operations that queue while a commit runs
 // share the next commit, without any delay configured.
 func TestCommitterBatchesWhileBusy(t *testing.T) {
-	db := openBolt(t)
+	db := openTestBolt(t)
 	c := newCommitter(db, 64, 0)
 	defer c.close()
 	started, release := make(chan struct{}), make(chan struct{})

@@ -25,6 +25,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -242,13 +244,7 @@ func migrateToV3(tx *bolt.Tx) error {
 // another process holds the file for OpenTimeout, the error wraps ErrInUse.
 func Open(path string, opts *Options) (*DB, error) {
 	o := opts.withDefaults()
-	bdb, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:         o.OpenTimeout,
-		ReadOnly:        o.ReadOnly,
-		NoSync:          o.NoSync,
-		InitialMmapSize: o.InitialMmapSize,
-		FreelistType:    bolt.FreelistMapType,
-	})
+	bdb, err := openBolt(path, o)
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open %s: %w (lock not obtained within %s)", path, ErrInUse, o.OpenTimeout)
 	}
@@ -270,6 +266,60 @@ func Open(path string, opts *Options) (*DB, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	return &DB{bolt: bdb, opts: o, commit: newCommitter(bdb, o.MaxBatchSize, o.MaxBatchDelay)}, nil
+}
+
+// openBolt opens the bbolt file at path. bbolt locks the file it opened,
+// waiting for the lock if another process holds it; kpd restore and kpd
+// compact rename a new file over path while they hold the old file's lock.
+// An Open that waited through that got the lock of a file nobody will see
+// again, so openBolt checks that path still names the file it locked and
+// otherwise opens path anew (a few times at most).
+func openBolt(path string, o Options) (*bolt.DB, error) {
+	for attempt := 1; ; attempt++ {
+		var opened *os.File
+		bdb, err := bolt.Open(path, 0o600, &bolt.Options{
+			Timeout:         o.OpenTimeout,
+			ReadOnly:        o.ReadOnly,
+			NoSync:          o.NoSync,
+			InitialMmapSize: o.InitialMmapSize,
+			FreelistType:    bolt.FreelistMapType,
+			OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+				f, err := os.OpenFile(name, flag, perm)
+				opened = f
+				return f, err
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+		same, err := sameFile(opened, path)
+		if err == nil && same {
+			return bdb, nil
+		}
+		bdb.Close()
+		if err != nil {
+			return nil, err
+		}
+		if attempt == 3 {
+			return nil, fmt.Errorf("the file was replaced while kpd opened it, %d times", attempt)
+		}
+	}
+}
+
+// sameFile reports whether path names the open file f.
+func sameFile(f *os.File, path string) (bool, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	pi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(fi, pi), nil
 }
 
 // initSchema creates missing buckets and brings the schema version of a
