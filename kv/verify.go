@@ -35,8 +35,9 @@ func (v Violation) String() string {
 // one read transaction, and returns every violation it finds (none: nil):
 //
 //  1. each KeyPackage is in exactly one state and in exactly the indexes
-//     that state implies (its device's list; expiry and pool or last-resort
-//     slot when available; the claimed or consumed index), every index
+//     that state implies (its device's list; the expiry index until it
+//     lapses; pool or last-resort slot when available; the claimed or
+//     consumed index), every index
 //     entry belongs to a KeyPackage in that state, its device exists, and
 //     only regular KeyPackages are ever claimed or consumed;
 //  2. every claimed or consumed KeyPackage records its claimer and claim
@@ -58,6 +59,10 @@ func (v Violation) String() string {
 //
 // Invariant 5 (nothing acknowledged as stored is lost, even across a
 // crash) is about history, not one snapshot: it cannot be checked here.
+//
+// First of all it runs bbolt's own consistency check of the file (every
+// page reachable once or free, keys in order, page types and bounds),
+// reported as malformed entries of key "bbolt".
 func (db *DB) Verify(ctx context.Context) ([]Violation, error) {
 	var out []Violation
 	err := db.read(ctx, func(t *txn) error {
@@ -117,6 +122,12 @@ func (v *verifier) report(invariant int, bucket, key []byte, format string, args
 }
 
 func (v *verifier) run() error {
+	for err := range v.t.tx.Check() {
+		v.out = append(v.out, Violation{Key: "bbolt", Msg: err.Error()})
+	}
+	if err := v.ctx.Err(); err != nil {
+		return err
+	}
 	if _, err := readSchemaVersion(v.t.tx); err != nil {
 		v.report(0, bucketMeta, keySchemaVersion, "%v", err)
 	}

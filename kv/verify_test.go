@@ -1,8 +1,11 @@
 package kv
 
 import (
+	"encoding/binary"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -240,5 +243,61 @@ func TestViolationString(t *testing.T) {
 	v.Invariant = 0
 	if got := v.String(); got != "malformed: devices/x: off by one" {
 		t.Errorf("String() = %q", got)
+	}
+}
+
+// TestVerifyRunsBoltCheck: a file whose B+tree is intact but whose
+// freelist lost its pages (so those pages are neither reachable nor free)
+// fails bbolt's structural check, which Verify reports.
+func TestVerifyRunsBoltCheck(t *testing.T) {
+	e := openTestDB(t)
+	for range 5 {
+		e.publishN(t, bob, "phone", 1, 20)
+		e.claimOne(t, alice, bob, "phone", 1)
+	}
+	path := e.path
+	if err := e.DB.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// The meta page with the higher transaction id is the current one; its
+	// freelist page's header has the count of free page ids at offset 10.
+	// Meta: page header (16 bytes), then magic, version, page size, flags
+	// (4 bytes each), root bucket (16), freelist page id, high water mark,
+	// transaction id (8 each).
+	var freelist, pageSize, txid uint64
+	for meta := range 2 {
+		buf := make([]byte, 80)
+		if _, err := f.ReadAt(buf, int64(meta)*4096); err != nil {
+			t.Fatal(err)
+		}
+		if tx := binary.LittleEndian.Uint64(buf[64:]); tx >= txid {
+			txid, freelist, pageSize = tx, binary.LittleEndian.Uint64(buf[48:]), uint64(binary.LittleEndian.Uint32(buf[24:]))
+		}
+	}
+	count := make([]byte, 2)
+	if _, err := f.ReadAt(count, int64(freelist*pageSize+10)); err != nil {
+		t.Fatal(err)
+	}
+	if binary.LittleEndian.Uint16(count) == 0 {
+		t.Fatal("no free pages to lose")
+	}
+	if _, err := f.WriteAt([]byte{0, 0}, int64(freelist*pageSize+10)); err != nil {
+		t.Fatal(err)
+	}
+	vs, err := VerifyFile(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, v := range vs {
+		found = found || v.Invariant == 0 && v.Key == "bbolt" && strings.Contains(v.Msg, "unreachable unfreed")
+	}
+	if !found {
+		t.Fatalf("violations %v, want bbolt's unreachable unfreed pages", vs)
 	}
 }
