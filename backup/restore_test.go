@@ -73,7 +73,7 @@ func TestRestoreRefusesBadSnapshots(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = bdb.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte("key_packages"))
+		b := tx.Bucket([]byte("kps"))
 		k, _ := b.Cursor().First()
 		return b.Delete(k)
 	})

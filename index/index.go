@@ -33,31 +33,27 @@ const (
 	TimeLen  = 12
 )
 
-// DID returns the prefix shared by every key of a DID: devices, pools,
+// DID returns the prefix shared by every key of a DID: devices, KeyPackages,
 // deliveries.
 func DID(did string) []byte { return appendString(nil, did) }
 
 // Device returns the key of a device (DID, device). It is also the prefix
-// of that device's pool, delivery and pending keys.
+// of that device's KeyPackage, delivery and pending keys.
 func Device(did, device string) []byte {
 	return appendString(appendString(nil, did), device)
 }
 
 // DeviceSuite returns the key (DID, device, suite): the prefix of a
-// device's pool of one suite, and the key of its last-resort slot.
+// device's KeyPackages of one suite, and the key of its last-resort slot.
 func DeviceSuite(did, device string, suite uint16) []byte {
 	return binary.BigEndian.AppendUint16(Device(did, device), suite)
 }
 
-// Pool returns the key (DID, device, suite, seq) of an available regular
-// KeyPackage in its device's FIFO pool; seq orders the pool.
-func Pool(did, device string, suite uint16, seq uint64) []byte {
+// KeyPackage returns the key (DID, device, suite, seq) of a KeyPackage,
+// seq being its publish sequence: a device's KeyPackages of one suite are
+// contiguous and in publish order, which makes them its FIFO pool.
+func KeyPackage(did, device string, suite uint16, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(DeviceSuite(did, device, suite), seq)
-}
-
-// DeviceRef returns the key (DID, device, ref) of a device's KeyPackage.
-func DeviceRef(did, device string, ref []byte) []byte {
-	return append(Device(did, device), ref...)
 }
 
 // Delivery returns the key (DID, device, welcome id) of a Welcome delivery.
@@ -93,18 +89,11 @@ func DecodeDeviceSuite(k []byte) (did, device string, suite uint16, err error) {
 	return did, device, suite, r.end("device suite")
 }
 
-// DecodePool decodes a Pool key.
-func DecodePool(k []byte) (did, device string, suite uint16, seq uint64, err error) {
+// DecodeKeyPackage decodes a KeyPackage key.
+func DecodeKeyPackage(k []byte) (did, device string, suite uint16, seq uint64, err error) {
 	r := reader{b: k}
 	did, device, suite, seq = r.string(), r.string(), r.uint16(), r.uint64()
-	return did, device, suite, seq, r.end("pool")
-}
-
-// DecodeDeviceRef decodes a DeviceRef key. The returned ref aliases k.
-func DecodeDeviceRef(k []byte) (did, device string, ref []byte, err error) {
-	r := reader{b: k}
-	did, device, ref = r.string(), r.string(), r.rest()
-	return did, device, ref, r.end("device ref")
+	return did, device, suite, seq, r.end("KeyPackage")
 }
 
 // DecodeDelivery decodes a Delivery key.

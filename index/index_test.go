@@ -11,7 +11,6 @@ import (
 
 func TestRoundTrip(t *testing.T) {
 	longDID := "did:web:" + strings.Repeat("x", 2040)
-	ref := bytes.Repeat([]byte{0xab}, 32)
 	cases := []struct {
 		name   string
 		did    string
@@ -35,13 +34,9 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil || did != c.did || device != c.device || suite != c.suite {
 				t.Errorf("DeviceSuite: got %q %q %d %v", did, device, suite, err)
 			}
-			did, device, suite, seq, err := DecodePool(Pool(c.did, c.device, c.suite, c.seq))
+			did, device, suite, seq, err := DecodeKeyPackage(KeyPackage(c.did, c.device, c.suite, c.seq))
 			if err != nil || did != c.did || device != c.device || suite != c.suite || seq != c.seq {
-				t.Errorf("Pool: got %q %q %d %d %v", did, device, suite, seq, err)
-			}
-			did, device, gotRef, err := DecodeDeviceRef(DeviceRef(c.did, c.device, ref))
-			if err != nil || did != c.did || device != c.device || !bytes.Equal(gotRef, ref) {
-				t.Errorf("DeviceRef: got %q %q %x %v", did, device, gotRef, err)
+				t.Errorf("KeyPackage: got %q %q %d %d %v", did, device, suite, seq, err)
 			}
 			did, device, wid, err := DecodeDelivery(Delivery(c.did, c.device, c.wid))
 			if err != nil || did != c.did || device != c.device || wid != c.wid {
@@ -98,9 +93,9 @@ func TestOrdering(t *testing.T) {
 	}
 	seqs := []uint64{0, 1, 255, 256, 1 << 32, math.MaxUint64}
 	for i := 1; i < len(seqs); i++ {
-		a, b := Pool("did:a:b", "d", 1, seqs[i-1]), Pool("did:a:b", "d", 1, seqs[i])
+		a, b := KeyPackage("did:a:b", "d", 1, seqs[i-1]), KeyPackage("did:a:b", "d", 1, seqs[i])
 		if bytes.Compare(a, b) >= 0 {
-			t.Errorf("Pool seq %d does not sort before %d", seqs[i-1], seqs[i])
+			t.Errorf("KeyPackage seq %d does not sort before %d", seqs[i-1], seqs[i])
 		}
 		a, b = Pending("did:a:b", "d", seqs[i-1]), Pending("did:a:b", "d", seqs[i])
 		if bytes.Compare(a, b) >= 0 {
@@ -122,9 +117,9 @@ func TestPrefixesAreUnambiguous(t *testing.T) {
 	}{
 		{"DID", DID("did:a:b"), Device("did:a:bc", "x")},
 		{"DID vs device split", DID("did:a:b"), Device("did:a:", "bx")},
-		{"device", Device("did:a:b", "ph"), Pool("did:a:b", "phone", 1, 1)},
+		{"device", Device("did:a:b", "ph"), KeyPackage("did:a:b", "phone", 1, 1)},
 		{"device vs DID boundary", Device("did:a:b", "x"), Device("did:a:bx", "")},
-		{"suite", DeviceSuite("did:a:b", "d", 1), Pool("did:a:b", "d", 2, 0)},
+		{"suite", DeviceSuite("did:a:b", "d", 1), KeyPackage("did:a:b", "d", 2, 0)},
 		{"delivery", Device("did:a:b", "d"), Delivery("did:a:b", "dd", "w")},
 	}
 	for _, c := range cases {
@@ -139,9 +134,8 @@ func TestPrefixesAreUnambiguous(t *testing.T) {
 		key    []byte
 	}{
 		{"DID of device", DID("did:a:b"), Device("did:a:b", "d")},
-		{"device of pool", Device("did:a:b", "d"), Pool("did:a:b", "d", 3, 9)},
-		{"suite of pool", DeviceSuite("did:a:b", "d", 3), Pool("did:a:b", "d", 3, 9)},
-		{"device of ref", Device("did:a:b", "d"), DeviceRef("did:a:b", "d", []byte{1})},
+		{"device of KeyPackage", Device("did:a:b", "d"), KeyPackage("did:a:b", "d", 3, 9)},
+		{"suite of KeyPackage", DeviceSuite("did:a:b", "d", 3), KeyPackage("did:a:b", "d", 3, 9)},
 		{"device of delivery", Device("did:a:b", "d"), Delivery("did:a:b", "d", "w")},
 		{"device of pending", Device("did:a:b", "d"), Pending("did:a:b", "d", 1)},
 	}
@@ -153,7 +147,7 @@ func TestPrefixesAreUnambiguous(t *testing.T) {
 }
 
 func TestDecodeRejects(t *testing.T) {
-	valid := Pool("did:a:b", "d", 1, 2)
+	valid := KeyPackage("did:a:b", "d", 1, 2)
 	cases := []struct {
 		name string
 		fn   func([]byte) error
@@ -165,10 +159,9 @@ func TestDecodeRejects(t *testing.T) {
 		{"overlong uvarint", decodeDevice, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}},
 		{"non-minimal length", decodeDevice, []byte{0x81, 0x00, 'a', 0}},
 		{"trailing byte", decodeDevice, append(Device("a", "b"), 0)},
-		{"pool truncated", decodePool, valid[:len(valid)-1]},
-		{"pool trailing", decodePool, append(valid, 0)},
+		{"KeyPackage truncated", decodeKeyPackage, valid[:len(valid)-1]},
+		{"KeyPackage trailing", decodeKeyPackage, append(valid, 0)},
 		{"device suite short", decodeDeviceSuite, append(Device("a", "b"), 1)},
-		{"device ref without ref", decodeDeviceRef, Device("a", "b")},
 		{"delivery without id", decodeDelivery, Device("a", "b")},
 		{"pending short", decodePending, append(Device("a", "b"), 1, 2, 3)},
 		{"time short", decodeTimeRef, make([]byte, TimeLen-1)},
@@ -190,8 +183,7 @@ func TestDecodeRejects(t *testing.T) {
 var decoders = map[string]func([]byte) error{
 	"device":      decodeDevice,
 	"deviceSuite": decodeDeviceSuite,
-	"pool":        decodePool,
-	"deviceRef":   decodeDeviceRef,
+	"keyPackage":  decodeKeyPackage,
 	"delivery":    decodeDelivery,
 	"pending":     decodePending,
 	"timeRef":     decodeTimeRef,
@@ -208,14 +200,9 @@ func decodeDeviceSuite(b []byte) error {
 	return reencoded(err, b, func() []byte { return DeviceSuite(did, device, suite) })
 }
 
-func decodePool(b []byte) error {
-	did, device, suite, seq, err := DecodePool(b)
-	return reencoded(err, b, func() []byte { return Pool(did, device, suite, seq) })
-}
-
-func decodeDeviceRef(b []byte) error {
-	did, device, ref, err := DecodeDeviceRef(b)
-	return reencoded(err, b, func() []byte { return DeviceRef(did, device, ref) })
+func decodeKeyPackage(b []byte) error {
+	did, device, suite, seq, err := DecodeKeyPackage(b)
+	return reencoded(err, b, func() []byte { return KeyPackage(did, device, suite, seq) })
 }
 
 func decodeDelivery(b []byte) error {
@@ -257,8 +244,7 @@ func reencoded(err error, in []byte, encode func() []byte) error {
 // to exactly its input.
 func FuzzDecodeKeys(f *testing.F) {
 	f.Add(Device("did:plc:abc", "phone"))
-	f.Add(Pool("did:plc:abc", "phone", 1, 42))
-	f.Add(DeviceRef("did:plc:abc", "phone", []byte{1, 2}))
+	f.Add(KeyPackage("did:plc:abc", "phone", 1, 42))
 	f.Add(Delivery("did:plc:abc", "phone", "w1"))
 	f.Add(TimeRef(time.Unix(1_800_000_000, 5), []byte{9}))
 	f.Add([]byte{0x81, 0x00})

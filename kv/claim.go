@@ -70,15 +70,16 @@ func checkClaim(req kpd.ClaimRequest) error {
 	return nil
 }
 
-// claimPick is what a claim takes from one device: ref (with its record) or
-// nothing, and the expired regular KeyPackages met before it.
+// claimPick is what a claim takes from one device: a KeyPackage or
+// nothing (rec), the expired regular KeyPackages met before it, and the
+// head its pool of the suite has once they are gone.
 type claimPick struct {
 	did, device string
+	suite       uint16
 	dev         *deviceRecord
-	ref         []byte
 	rec         *kpRecord
-	expired     [][]byte
-	expiredRecs []*kpRecord
+	expired     []*kpRecord
+	head        uint64
 }
 
 // planClaim decides, without writing, what a claim takes from each target
@@ -118,12 +119,12 @@ func (t *txn) planClaim(req kpd.ClaimRequest) ([]claimPick, []kpd.Missing, error
 			if err != nil {
 				return nil, nil, err
 			}
-			if p.ref == nil {
+			if p.rec == nil {
 				reason := missingReason(p.dev, req.CipherSuite)
 				missing = append(missing, kpd.Missing{DID: target.DID, Device: device, Reason: reason})
 				t.note(func(o Observer) { o.ClaimMiss(reason) })
 			}
-			if p.ref != nil || len(p.expired) > 0 {
+			if p.rec != nil || len(p.expired) > 0 {
 				picks = append(picks, p)
 			}
 		}
@@ -141,65 +142,72 @@ func missingReason(dev *deviceRecord, suite uint16) kpd.Code {
 }
 
 // pick finds what a claim takes from one device. p.dev is nil if the device
-// does not exist.
+// does not exist. The pool is the device's available regular KeyPackages of
+// the suite in key (publish) order: pick reads the records from the pool's
+// head on, stepping over last resorts and noting expired ones, up to the
+// first it can hand out; p.head is then past every record it read.
 func (t *txn) pick(did, device string, suite uint16) (claimPick, error) {
-	p := claimPick{did: did, device: device}
+	p := claimPick{did: did, device: device, suite: suite}
 	dev, err := t.device(did, device)
 	if err != nil || dev == nil {
 		return p, err
 	}
 	p.dev = dev
 	prefix := index.DeviceSuite(did, device, suite)
-	c := t.bucket(bucketPool).Cursor()
-	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-		ref := bytes.Clone(v)
-		r, err := t.mustKeyPackage(ref, "pool")
-		if err != nil {
-			return p, err
+	c := t.bucket(bucketKPs).Cursor()
+	for k, v := c.Seek(index.KeyPackage(did, device, suite, dev.Suites[suite].Head)); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		var r kpRecord
+		if err := decode(v, &r); err != nil {
+			return p, fmt.Errorf("%s: %w", describeKey(bucketKPs, k), err)
 		}
-		if !t.now.Before(r.NotAfter.time()) {
-			p.expired, p.expiredRecs = append(p.expired, ref), append(p.expiredRecs, r)
-			continue
+		p.head = r.Seq + 1
+		switch {
+		case r.State != kpd.StateAvailable || r.LastResort:
+		case !t.now.Before(r.NotAfter.time()):
+			p.expired = append(p.expired, &r)
+		default:
+			p.rec = &r
+			return p, nil
 		}
-		p.ref, p.rec = ref, r
-		return p, nil
 	}
-	ref, lr, err := t.lastResort(did, device, suite)
+	lr, err := t.lastResort(did, device, suite)
 	if err != nil {
 		return p, err
 	}
 	if lr != nil && t.now.Before(lr.NotAfter.time()) {
-		p.ref, p.rec = ref, lr
+		p.rec = lr
 	}
 	return p, nil
 }
 
 // applyClaim carries out planned picks: expired KeyPackages are deleted,
-// regular ones claimed, last resorts served (an outbox event).
+// regular ones claimed, last resorts served (an outbox event), and each
+// pool's head moves past what the pick read.
 func (t *txn) applyClaim(claimer string, picks []claimPick) ([]kpd.ClaimedKeyPackage, error) {
 	out := []kpd.ClaimedKeyPackage{}
 	for _, p := range picks {
-		for i, ref := range p.expired {
-			if err := t.transition(ref, p.expiredRecs[i], nil, p.dev); err != nil {
+		for _, r := range p.expired {
+			if err := t.transition(r, nil, p.dev); err != nil {
 				return nil, err
 			}
 		}
-		if p.ref != nil {
+		p.dev.advanceHead(p.suite, p.head)
+		if p.rec != nil {
 			n := *p.rec
 			if n.LastResort {
 				n.Served++
-				err := t.emit(eventRecord{Type: kpd.EventLastResortServed, DID: p.did, Device: p.device, Suite: n.Suite, Ref: p.ref})
+				err := t.emit(eventRecord{Type: kpd.EventLastResortServed, DID: p.did, Device: p.device, Suite: n.Suite, Ref: n.Ref})
 				if err != nil {
 					return nil, err
 				}
 			} else {
 				n.State, n.Claimer, n.ClaimedAt = kpd.StateClaimed, claimer, t.nowStamp()
 			}
-			if err := t.transition(p.ref, p.rec, &n, p.dev); err != nil {
+			if err := t.transition(p.rec, &n, p.dev); err != nil {
 				return nil, err
 			}
 			t.note(func(o Observer) { o.Claimed(n.Suite, n.LastResort) })
-			out = append(out, kpd.ClaimedKeyPackage{DID: p.did, Device: p.device, Ref: kpd.RefOf(p.ref),
+			out = append(out, kpd.ClaimedKeyPackage{DID: p.did, Device: p.device, Ref: kpd.RefOf(n.Ref),
 				CipherSuite: n.Suite, KeyPackage: n.Data, LastResort: n.LastResort})
 		}
 		if err := t.saveDevice(p.did, p.device, p.dev); err != nil {

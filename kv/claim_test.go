@@ -221,3 +221,40 @@ func TestConcurrentClaims(t *testing.T) {
 		t.Errorf("inventory = %+v, last resort %+v", s, s.LastResort)
 	}
 }
+
+// TestClaimAdvancesHead: a claim moves its pool's head past the records it
+// read (the claimed one, last resorts and expired ones on the way), so
+// the next claim seeks past the claimed KeyPackages; a publish leaves the
+// head where it is.
+func TestClaimAdvancesHead(t *testing.T) {
+	e := newTestDB(t)
+	first := e.publishN(t, bob, "phone", 1, 2)                                        // seqs 1, 2
+	e.publish(t, bob, "phone", e.newLastResort(1), e.kpExpiring(1, false, time.Hour)) // 3, 4
+	last := e.publishN(t, bob, "phone", 1, 1)[0]                                      // 5
+	wantHead := func(after string, head uint64) {
+		t.Helper()
+		if got := e.heads(t, bob, "phone")[1]; got != head {
+			t.Fatalf("after %s: head %d, want %d", after, got, head)
+		}
+	}
+	wantClaim := func(want kpd.Ref, head uint64) {
+		t.Helper()
+		if got := e.claimOne(t, alice, bob, "phone", 1); got.Ref != want {
+			t.Fatalf("claimed %s, want %s", got.Ref, want)
+		}
+		wantHead("claiming "+string(want), head)
+	}
+	wantHead("publishing", 0)
+	wantClaim(first[0], 2)
+	wantClaim(first[1], 3)
+	e.clock.Advance(2 * time.Hour)
+	wantClaim(last, 6)
+	if lr := e.claimOne(t, alice, bob, "phone", 1); !lr.LastResort {
+		t.Fatalf("claim from an empty pool = %+v, want the last resort", lr)
+	}
+	wantHead("serving the last resort", 6)
+	kp := e.newKP(1)
+	e.publish(t, bob, "phone", kp) // 6
+	wantHead("publishing again", 6)
+	wantClaim(kp.Ref, 7)
+}

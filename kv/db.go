@@ -2,13 +2,15 @@
 //
 // Every Store method is one bbolt transaction: reads run in db.View, writes
 // through one writer goroutine that commits concurrent writes together
-// (group commit, commit.go). Each
-// KeyPackage is a record keyed by its raw KeyPackageRef; secondary indexes
-// (a FIFO pool per device and suite, last-resort slots, expiry, claimed and
-// consumed times, the KeyPackages of each device) and per-device counters
-// are updated in the same transaction as the record, by one function
-// (txn.transition) that derives a record's index entries and counters from
-// its state, so they cannot drift apart. Deliveries and Welcomes have their
+// (group commit, commit.go). Each KeyPackage is a record keyed by (DID,
+// device, suite, publish sequence), so that a device's KeyPackages of one
+// suite are contiguous and in publish order: the available regular ones
+// among them are its FIFO pool, and a claim rewrites one device-local page.
+// Secondary indexes (ref to key, last-resort slots, expiry, claimed and
+// consumed times) and per-device counters are updated in the same
+// transaction as the record, by one function (txn.transition) that derives
+// a record's index entries and counters from its state, so they cannot
+// drift apart. Deliveries and Welcomes have their
 // index entries derived the same way (txn.saveDelivery, txn.saveWelcome),
 // and every saved record moves the store-wide counters (stats.go) by the
 // difference between what it contributed before and what it contributes
@@ -21,7 +23,6 @@
 package kv
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -169,28 +170,27 @@ type DB struct {
 var _ kpd.Store = (*DB)(nil)
 
 // Buckets. Keys are built by package index; values are CBOR records
-// (records.go) or, for pure indexes, a ref or nothing.
+// (records.go) or, for pure indexes, a ref, a key or nothing.
 var (
-	bucketMeta        = []byte("meta")                // name → value
-	bucketKeyPackages = []byte("key_packages")        // ref → kpRecord
-	bucketDeviceKPs   = []byte("device_key_packages") // (DID, device, ref) → ""; every state
-	bucketPool        = []byte("pool")                // (DID, device, suite, seq) → ref; available regular
-	bucketLastResort  = []byte("last_resort")         // (DID, device, suite) → ref; current last resort
-	bucketExpiry      = []byte("expiry")              // (not_after, ref) → ""; available
-	bucketClaimed     = []byte("claimed")             // (claimed_at, ref) → ""; claimed
-	bucketConsumed    = []byte("consumed")            // (consumed_at, ref) → ""; consumed
-	bucketDevices     = []byte("devices")             // (DID, device) → deviceRecord
-	bucketWelcomes    = []byte("welcomes")            // welcome id → welcomeRecord
-	bucketDeliveries  = []byte("deliveries")          // (DID, device, welcome id) → deliveryRecord
-	bucketPending     = []byte("pending")             // (DID, device, seq) → welcome id; pending deliveries
-	bucketTokens      = []byte("tokens")              // SHA-256 → tokenRecord
-	bucketSince       = []byte("pending_since")       // (created_at, delivery key) → ""; pending deliveries
-	bucketFinished    = []byte("finished")            // (updated_at, delivery key) → ""; finished deliveries
-	bucketOrphans     = []byte("orphan_welcomes")     // (last delivery's end, welcome id) → ""; Welcomes without deliveries
-	bucketOutbox      = []byte("outbox")              // seq → eventRecord
+	bucketMeta       = []byte("meta")            // name → value
+	bucketKPs        = []byte("kps")             // (DID, device, suite, seq) → kpRecord; every state
+	bucketRefs       = []byte("refs")            // ref → kps key; every state
+	bucketLastResort = []byte("last_resort")     // (DID, device, suite) → ref; current last resort
+	bucketExpiry     = []byte("expiry")          // (not_after, ref) → ""; until lapsed
+	bucketClaimed    = []byte("claimed")         // (claimed_at, ref) → ""; claimed
+	bucketConsumed   = []byte("consumed")        // (consumed_at, ref) → ""; consumed
+	bucketDevices    = []byte("devices")         // (DID, device) → deviceRecord
+	bucketWelcomes   = []byte("welcomes")        // welcome id → welcomeRecord
+	bucketDeliveries = []byte("deliveries")      // (DID, device, welcome id) → deliveryRecord
+	bucketPending    = []byte("pending")         // (DID, device, seq) → welcome id; pending deliveries
+	bucketTokens     = []byte("tokens")          // SHA-256 → tokenRecord
+	bucketSince      = []byte("pending_since")   // (created_at, delivery key) → ""; pending deliveries
+	bucketFinished   = []byte("finished")        // (updated_at, delivery key) → ""; finished deliveries
+	bucketOrphans    = []byte("orphan_welcomes") // (last delivery's end, welcome id) → ""; Welcomes without deliveries
+	bucketOutbox     = []byte("outbox")          // seq → eventRecord
 
 	allBuckets = [][]byte{
-		bucketMeta, bucketKeyPackages, bucketDeviceKPs, bucketPool, bucketLastResort,
+		bucketMeta, bucketKPs, bucketRefs, bucketLastResort,
 		bucketExpiry, bucketClaimed, bucketConsumed, bucketDevices, bucketWelcomes,
 		bucketDeliveries, bucketPending, bucketTokens, bucketSince, bucketFinished,
 		bucketOrphans, bucketOutbox,
@@ -203,8 +203,10 @@ var (
 // schemaVersion is the layout this code reads and writes. Version 2 added
 // the store-wide counters, the outbox and the time indexes of deliveries
 // and Welcomes that the sweeper walks; version 3 keeps claimed and consumed
-// KeyPackages in the expiry index until they lapse (see indexEntries).
-const schemaVersion = 3
+// KeyPackages in the expiry index until they lapse (see indexEntries);
+// version 4 keys KeyPackages by device, suite and publish sequence, which
+// makes them their own FIFO pools (migrate.go).
+const schemaVersion = 4
 
 // migration upgrades a database from one schema version to the next, inside
 // the transaction that opens it.
@@ -213,31 +215,7 @@ type migration func(tx *bolt.Tx) error
 // migrations[v] upgrades schema version v to v+1. Open runs every step a
 // database needs, in one transaction: it is upgraded completely or not at
 // all.
-var migrations = map[uint64]migration{1: migrateToV2, 2: migrateToV3}
-
-// migrateToV3 upgrades a schema 2 database: every KeyPackage that is not
-// available gets its expiry index entry (schema 2 had them for available
-// ones only). The sweeper marks those already past their not_after lapsed
-// on its next run.
-func migrateToV3(tx *bolt.Tx) error {
-	var entries []indexEntry
-	err := tx.Bucket(bucketKeyPackages).ForEach(func(k, v []byte) error {
-		var r kpRecord
-		if err := decode(v, &r); err != nil {
-			return fmt.Errorf("%s: %w", describeKey(bucketKeyPackages, k), err)
-		}
-		for _, e := range indexEntries(bytes.Clone(k), &r) {
-			if bytes.Equal(e.bucket, bucketExpiry) {
-				entries = append(entries, e)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	return (&txn{tx: tx}).moveEntries(nil, entries)
-}
+var migrations = map[uint64]migration{1: migrateToV2, 2: migrateToV3, 3: migrateToV4}
 
 // Open opens (creating if needed) the database at path. It creates the
 // buckets, records the schema version and runs pending migrations. If
@@ -502,5 +480,19 @@ func (db *DB) read(ctx context.Context, fn func(t *txn) error) error {
 }
 
 func (db *DB) newTxn(tx *bolt.Tx) *txn {
+	if tx.Writable() {
+		fillKPs(tx)
+	}
 	return &txn{tx: tx, now: db.opts.Clock.Now().UTC(), opts: &db.opts}
 }
+
+// kpsFillPercent is how full bbolt fills the pages of the kps bucket when
+// it splits them, instead of its default of half. A device's KeyPackages
+// are appended at the end of its key range, so the first page of a split
+// gets no more keys: at one half the bucket would be twice as large and a
+// level deeper, one more page in every claim's commit. The rest of a page
+// takes the growth of claimed records.
+const kpsFillPercent = 0.9
+
+// fillKPs sets the fill of the kps bucket for the write transaction tx.
+func fillKPs(tx *bolt.Tx) { tx.Bucket(bucketKPs).FillPercent = kpsFillPercent }

@@ -187,17 +187,19 @@ func (t *txn) publishApply(did, device string, dev *deviceRecord, kps []kpd.KeyP
 			continue
 		}
 		published[kp.CipherSuite]++
-		seq, err := t.bucket(bucketKeyPackages).NextSequence()
+		// A new seq is larger than any stored one, so it is at or above
+		// the pool's head: the new KeyPackage joins the pool at its end.
+		seq, err := t.bucket(bucketKPs).NextSequence()
 		if err != nil {
 			return nil, err
 		}
 		if kp.LastResort {
-			ref, old, err := t.lastResort(did, device, kp.CipherSuite)
+			old, err := t.lastResort(did, device, kp.CipherSuite)
 			if err != nil {
 				return nil, err
 			}
 			if old != nil {
-				if err := t.removeAvailable(ref, old, dev); err != nil {
+				if err := t.removeAvailable(old, dev); err != nil {
 					return nil, err
 				}
 			}
@@ -205,9 +207,9 @@ func (t *txn) publishApply(did, device string, dev *deviceRecord, kps []kpd.KeyP
 		rec := &kpRecord{
 			DID: did, Device: device, Suite: kp.CipherSuite, State: kpd.StateAvailable,
 			Data: kp.Data, LastResort: kp.LastResort, PublishedAt: stampOf(t.now),
-			NotBefore: stampOf(kp.NotBefore), NotAfter: stampOf(kp.NotAfter), Seq: seq,
+			NotBefore: stampOf(kp.NotBefore), NotAfter: stampOf(kp.NotAfter), Seq: seq, Ref: refs[i],
 		}
-		if err := t.transition(refs[i], nil, rec, dev); err != nil {
+		if err := t.transition(nil, rec, dev); err != nil {
 			return nil, err
 		}
 		results[i] = publishResult(refs[i], rec, kpd.PublishStored)
@@ -265,32 +267,19 @@ func (db *DB) Inventory(ctx context.Context, did, device string, list bool) (*kp
 }
 
 func (t *txn) listKeyPackages(did, device string) ([]kpd.KeyPackageInfo, error) {
-	refs, err := t.deviceRefs(did, device)
+	recs, err := t.deviceKeyPackages(did, device)
 	if err != nil {
 		return nil, err
 	}
-	type item struct {
-		seq  uint64
-		info kpd.KeyPackageInfo
-	}
-	items := make([]item, 0, len(refs))
-	for _, ref := range refs {
-		r, err := t.mustKeyPackage(ref, "device index")
-		if err != nil {
-			return nil, err
-		}
-		info := kpd.KeyPackageInfo{Ref: kpd.RefOf(ref), CipherSuite: r.Suite, State: r.State,
+	slices.SortFunc(recs, func(a, b *kpRecord) int { return cmp.Compare(a.Seq, b.Seq) })
+	infos := make([]kpd.KeyPackageInfo, len(recs))
+	for i, r := range recs {
+		infos[i] = kpd.KeyPackageInfo{Ref: kpd.RefOf(r.Ref), CipherSuite: r.Suite, State: r.State,
 			LastResort: r.LastResort, PublishedAt: r.PublishedAt.time(), NotAfter: r.NotAfter.time()}
 		if r.ClaimedAt != nil {
 			at := r.ClaimedAt.time()
-			info.ClaimedAt = &at
+			infos[i].ClaimedAt = &at
 		}
-		items = append(items, item{r.Seq, info})
-	}
-	slices.SortFunc(items, func(a, b item) int { return cmp.Compare(a.seq, b.seq) })
-	infos := make([]kpd.KeyPackageInfo, len(items))
-	for i, it := range items {
-		infos[i] = it.info
 	}
 	return infos, nil
 }
@@ -327,7 +316,7 @@ func (db *DB) DeleteKeyPackages(ctx context.Context, did, device string, refs []
 			if !removable(r, did, device) {
 				continue
 			}
-			if err := t.removeAvailable(ref, r, dev); err != nil {
+			if err := t.removeAvailable(r, dev); err != nil {
 				return err
 			}
 			n++
@@ -346,10 +335,16 @@ func (db *DB) DeleteKeyPackages(ctx context.Context, did, device string, refs []
 }
 
 // deleteTargets returns the raw refs a delete names: refs == nil means every
-// KeyPackage of the device.
+// KeyPackage of the device. The delete looks each up when it comes to it,
+// so that a ref named twice is deleted once.
 func (t *txn) deleteTargets(did, device string, refs []kpd.Ref) ([][]byte, error) {
 	if refs == nil {
-		return t.deviceRefs(did, device)
+		recs, err := t.deviceKeyPackages(did, device)
+		out := make([][]byte, len(recs))
+		for i, r := range recs {
+			out[i] = r.Ref
+		}
+		return out, err
 	}
 	out := make([][]byte, 0, len(refs))
 	for _, r := range refs {
@@ -403,23 +398,19 @@ func (db *DB) Sync(ctx context.Context, did, device string, keep []kpd.Ref) (*kp
 				r.Unknown = append(r.Unknown, ref)
 			}
 		}
-		refs, err := t.deviceRefs(did, device)
+		recs, err := t.deviceKeyPackages(did, device)
 		if err != nil {
 			return err
 		}
-		for _, ref := range refs {
-			rec, err := t.mustKeyPackage(ref, "device index")
-			if err != nil {
-				return err
-			}
+		for _, rec := range recs {
 			if rec.State == kpd.StateClaimed || rec.Pending > 0 {
-				r.Pending = append(r.Pending, kpd.RefOf(ref))
+				r.Pending = append(r.Pending, kpd.RefOf(rec.Ref))
 			}
-			if removable(rec, did, device) && !kept[string(ref)] {
-				if err := t.removeAvailable(ref, rec, dev); err != nil {
+			if removable(rec, did, device) && !kept[string(rec.Ref)] {
+				if err := t.removeAvailable(rec, dev); err != nil {
 					return err
 				}
-				r.Deleted = append(r.Deleted, kpd.RefOf(ref))
+				r.Deleted = append(r.Deleted, kpd.RefOf(rec.Ref))
 			}
 		}
 		t.touch(dev)
@@ -488,16 +479,12 @@ func (db *DB) DeleteDevice(ctx context.Context, did, device string) error {
 		if err := t.dropDeliveries(did, device, dev); err != nil {
 			return err
 		}
-		refs, err := t.deviceRefs(did, device)
+		recs, err := t.deviceKeyPackages(did, device)
 		if err != nil {
 			return err
 		}
-		for _, ref := range refs {
-			r, err := t.mustKeyPackage(ref, "device index")
-			if err != nil {
-				return err
-			}
-			if err := t.transition(ref, r, nil, dev); err != nil {
+		for _, r := range recs {
+			if err := t.transition(r, nil, dev); err != nil {
 				return err
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/index"
 )
 
 // stamp is a time stored exactly, for every time.Time (including lifetimes
@@ -27,8 +28,10 @@ func optTime(s *stamp) time.Time {
 	return s.time()
 }
 
-// kpRecord is a stored KeyPackage, keyed by its raw KeyPackageRef. Which
-// indexes it belongs to follows from its fields alone (see indexEntries).
+// kpRecord is a stored KeyPackage, keyed by index.KeyPackage(DID, device,
+// suite, seq) (see key), which never changes while the record exists.
+// Which indexes it belongs to follows from its fields alone (see
+// indexEntries).
 type kpRecord struct {
 	DID        string              `cbor:"1,keyasint"`
 	Device     string              `cbor:"2,keyasint"`
@@ -48,7 +51,8 @@ type kpRecord struct {
 	ConsumedAt  *stamp `cbor:"13,keyasint,omitempty"`
 	// Served counts the claims that handed out this last resort.
 	Served int64 `cbor:"14,keyasint,omitempty"`
-	// Seq is the publish sequence: the order of the device's FIFO pool.
+	// Seq is the publish sequence, the last part of the record's key: the
+	// order of the device's FIFO pool.
 	Seq uint64 `cbor:"15,keyasint"`
 	// Welcome is the Welcome a regular KeyPackage was routed by.
 	Welcome string `cbor:"16,keyasint,omitempty"`
@@ -58,14 +62,25 @@ type kpRecord struct {
 	// not_after while it was claimed, consumed or retired (an available
 	// one is deleted instead): it has left the expiry index.
 	Lapsed bool `cbor:"18,keyasint,omitempty"`
+	// Ref is the raw KeyPackageRef (schema 4: before, it was the key).
+	Ref []byte `cbor:"19,keyasint,omitempty"`
 }
 
+// key returns the record's key in the kps bucket.
+func (r *kpRecord) key() []byte { return index.KeyPackage(r.DID, r.Device, r.Suite, r.Seq) }
+
 // suiteCounts are a device's counters for one cipher suite, of regular
-// KeyPackages only. A device has an entry for every suite it ever had a
-// KeyPackage of, which is how a claim tells Exhausted from NoKeyPackages.
+// KeyPackages only, and where its pool starts. A device has an entry for
+// every suite it ever had a KeyPackage of, which is how a claim tells
+// Exhausted from NoKeyPackages.
 type suiteCounts struct {
 	Available int `cbor:"1,keyasint,omitempty"`
 	Claimed   int `cbor:"2,keyasint,omitempty"`
+	// Head bounds the pool from below: no available regular KeyPackage of
+	// the suite has a seq below it, so a claim seeks it rather than
+	// stepping over the claimed and consumed KeyPackages before it. Claims
+	// raise it; new KeyPackages get larger seqs than any it can have.
+	Head uint64 `cbor:"3,keyasint,omitempty"`
 }
 
 // deviceRecord is a device, keyed by index.Device(DID, device).
@@ -86,6 +101,15 @@ func (d *deviceRecord) adjust(suite uint16, available, claimed int) {
 	c.Available += available
 	c.Claimed += claimed
 	d.Suites[suite] = c
+}
+
+// advanceHead raises the head of a suite's pool to head; it never lowers
+// it, nor creates the suite's entry.
+func (d *deviceRecord) advanceHead(suite uint16, head uint64) {
+	if c, ok := d.Suites[suite]; ok && head > c.Head {
+		c.Head = head
+		d.Suites[suite] = c
+	}
 }
 
 // deliveryStatus is where one Welcome's delivery to one device stands.

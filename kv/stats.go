@@ -9,7 +9,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/kpd-dir/kpd"
-	"github.com/kpd-dir/kpd/index"
 )
 
 // The store-wide counters (meta/stats) are the sum of what every record
@@ -31,7 +30,8 @@ import (
 // contribution after, less its contribution before; txn.flush merges the
 // delta into meta/stats before the transaction commits. Nothing is
 // counted by scanning, except once: when a database gets the counters
-// (schema 2, migrateToV2) or when kpd.PoolSizeBounds changed (ensureStats).
+// (a new one, or one from before schema 2) or when kpd.PoolSizeBounds
+// changed (ensureStats).
 
 // bounds returns the pool-size bounds s counts with: its own, or, for a
 // delta that has none, kpd.PoolSizeBounds.
@@ -253,7 +253,7 @@ func recount(tx *bolt.Tx) (*statsRecord, error) {
 		add    func(v []byte) error
 	}{
 		{bucketDevices, func(v []byte) error { return decodeAndAdd(v, s.addDevice) }},
-		{bucketKeyPackages, func(v []byte) error { return decodeAndAdd(v, s.addKP) }},
+		{bucketKPs, func(v []byte) error { return decodeAndAdd(v, s.addKP) }},
 		{bucketDeliveries, func(v []byte) error { return decodeAndAdd(v, s.addDelivery) }},
 		{bucketWelcomes, func([]byte) error { s.Welcomes++; return nil }},
 		{bucketOutbox, func([]byte) error { s.Events++; return nil }},
@@ -284,58 +284,18 @@ func decodeAndAdd[T any](v []byte, add func(*T, int64)) error {
 }
 
 // ensureStats computes the counters of a database that has none (a new
-// one) or that counted pool sizes with other bounds than
-// kpd.PoolSizeBounds: a one-time scan at open.
+// one, or one migrated from schema 1) or that counted pool sizes with
+// other bounds than kpd.PoolSizeBounds: a one-time scan at open, after
+// the migrations.
 func ensureStats(tx *bolt.Tx) error {
 	var rec statsRecord
 	ok, err := (&txn{tx: tx}).get(bucketMeta, keyStats, &rec)
 	if err != nil || (ok && slices.Equal(rec.Bounds, kpd.PoolSizeBounds)) {
 		return err
 	}
-	return putRecount(tx)
-}
-
-func putRecount(tx *bolt.Tx) error {
 	s, err := recount(tx)
 	if err != nil {
 		return err
 	}
 	return (&txn{tx: tx}).put(bucketMeta, keyStats, s)
-}
-
-// migrateToV2 upgrades a schema 1 database: it fills the time indexes of
-// deliveries and Welcomes from the records and computes the store-wide
-// counters, scanning the database once, inside the opening transaction.
-func migrateToV2(tx *bolt.Tx) error {
-	var entries []indexEntry
-	err := tx.Bucket(bucketDeliveries).ForEach(func(k, v []byte) error {
-		did, device, id, err := index.DecodeDelivery(k)
-		var d deliveryRecord
-		if err == nil {
-			err = decode(v, &d)
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", describeKey(bucketDeliveries, k), err)
-		}
-		entries = append(entries, deliveryEntries(did, device, id, &d)...)
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	err = tx.Bucket(bucketWelcomes).ForEach(func(k, v []byte) error {
-		var w welcomeRecord
-		if err := decode(v, &w); err != nil {
-			return fmt.Errorf("%s: %w", describeKey(bucketWelcomes, k), err)
-		}
-		entries = append(entries, welcomeEntries(string(k), &w)...)
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	if err := (&txn{tx: tx}).moveEntries(nil, entries); err != nil {
-		return err
-	}
-	return putRecount(tx)
 }

@@ -42,7 +42,7 @@ func (e *env) countStats(t testing.TB) kpd.Stats {
 	suites := map[uint16]*kpd.SuiteStats{}
 	pools := map[string]int{} // device key + suite → available regular KeyPackages
 	err := e.bolt.View(func(tx *bolt.Tx) error {
-		tx.Bucket(bucketKeyPackages).ForEach(func(k, v []byte) error {
+		tx.Bucket(bucketKPs).ForEach(func(k, v []byte) error {
 			var r kpRecord
 			if err := decode(v, &r); err != nil {
 				t.Fatal(err)
@@ -251,8 +251,9 @@ func TestStatsEqualACount(t *testing.T) {
 	}
 }
 
-// downgrade turns a database into what schema 1 wrote: no store-wide
-// counters, outbox or time indexes of deliveries and Welcomes.
+// downgrade turns a database into what schema 1 wrote: the KeyPackage
+// layout of schema 3 (toSchema3), and no store-wide counters, outbox or
+// time indexes of deliveries and Welcomes.
 func downgrade(t *testing.T, path string) {
 	t.Helper()
 	bdb, err := bolt.Open(path, 0o600, nil)
@@ -261,6 +262,9 @@ func downgrade(t *testing.T, path string) {
 	}
 	defer bdb.Close()
 	err = bdb.Update(func(tx *bolt.Tx) error {
+		if err := toSchema3(tx); err != nil {
+			return err
+		}
 		for _, name := range [][]byte{bucketSince, bucketFinished, bucketOrphans, bucketOutbox} {
 			if err := tx.DeleteBucket(name); err != nil {
 				return err
@@ -327,8 +331,8 @@ func TestMigrationToV2(t *testing.T) {
 	e.wantStatsCounted(t, "after a sweep")
 }
 
-// TestMigrationToV3 opens a schema 2 database, whose expiry index has
-// available KeyPackages only: the migration adds the claimed and consumed
+// TestMigrationToV3 opens a schema 2 database (in the KeyPackage layout of
+// schema 2 and 3), whose expiry index has available KeyPackages only: the migration adds the claimed and consumed
 // ones (the checker run at cleanup proves the index complete), and the
 // sweeper then lapses those past their not_after.
 func TestMigrationToV3(t *testing.T) {
@@ -345,7 +349,10 @@ func TestMigrationToV3(t *testing.T) {
 	}
 	removed := 0
 	err = bdb.Update(func(tx *bolt.Tx) error {
-		err := tx.Bucket(bucketKeyPackages).ForEach(func(k, v []byte) error {
+		if err := toSchema3(tx); err != nil {
+			return err
+		}
+		err := tx.Bucket(bucketKeyPackagesV3).ForEach(func(k, v []byte) error {
 			var r kpRecord
 			if err := decode(v, &r); err != nil || r.State == kpd.StateAvailable || r.Lapsed {
 				return err

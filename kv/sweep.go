@@ -280,13 +280,13 @@ func (s *sweeper) expireKeyPackage(ref []byte) error {
 	if r.State == kpd.StateAvailable && !r.Retired {
 		s.stats.ExpiredKeyPackages++
 		if !r.LastResort || r.Pending == 0 {
-			return s.t.transition(ref, r, nil, dev)
+			return s.t.transition(r, nil, dev)
 		}
 	}
 	n := *r
 	n.Lapsed = true
 	n.Retired = r.State == kpd.StateAvailable
-	return s.t.transition(ref, r, &n, dev)
+	return s.t.transition(r, &n, dev)
 }
 
 func (s *sweeper) purgeClaim(ref []byte) error {
@@ -295,7 +295,7 @@ func (s *sweeper) purgeClaim(ref []byte) error {
 		return err
 	}
 	s.stats.ClaimsPurged++
-	return s.t.transition(ref, r, nil, dev)
+	return s.t.transition(r, nil, dev)
 }
 
 func (s *sweeper) purgeConsumed(ref []byte) error {
@@ -304,7 +304,7 @@ func (s *sweeper) purgeConsumed(ref []byte) error {
 		return err
 	}
 	s.stats.ConsumedPurged++
-	return s.t.transition(ref, r, nil, dev)
+	return s.t.transition(r, nil, dev)
 }
 
 func (s *sweeper) purgeDelivery(key []byte) error {

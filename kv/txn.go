@@ -80,12 +80,22 @@ func (t *txn) scan(bucket, prefix []byte, fn func(k, v []byte) error) error {
 	return nil
 }
 
-// keyPackage returns the record of ref, or nil.
+// keyPackage returns the record of ref, or nil. It finds the record's key
+// in the refs index.
 func (t *txn) keyPackage(ref []byte) (*kpRecord, error) {
+	key := t.bucket(bucketRefs).Get(ref)
+	if key == nil {
+		return nil, nil
+	}
 	var r kpRecord
-	ok, err := t.get(bucketKeyPackages, ref, &r)
-	if !ok || err != nil {
+	ok, err := t.get(bucketKPs, key, &r)
+	switch {
+	case err != nil:
 		return nil, err
+	case !ok:
+		return nil, fmt.Errorf("%s names %s, which does not exist", describeKey(bucketRefs, ref), describeKey(bucketKPs, key))
+	case !bytes.Equal(r.Ref, ref):
+		return nil, fmt.Errorf("%s names %s, which is KeyPackage %x", describeKey(bucketRefs, ref), describeKey(bucketKPs, key), r.Ref)
 	}
 	return &r, nil
 }
@@ -109,35 +119,35 @@ func (e indexEntry) equal(o indexEntry) bool {
 	return bytes.Equal(e.bucket, o.bucket) && bytes.Equal(e.key, o.key) && bytes.Equal(e.value, o.value)
 }
 
-// indexEntries returns exactly the index entries that the KeyPackage ref
-// with record r belongs to (SPEC invariant 1): every KeyPackage is listed
-// under its device, and in the expiry index until it has lapsed; an
-// available one is in its device's pool (regular) or last-resort slot (a
-// last resort that is not retired); a claimed or consumed one in the index
-// of its claim or consumption time.
+// indexEntries returns exactly the index entries that the KeyPackage
+// record r, stored at key, belongs to (SPEC invariant 1): every KeyPackage
+// is in the refs index (its ref names its key) and in the expiry index
+// until it has lapsed; an available last resort that is not retired is in
+// its last-resort slot; a claimed or consumed one in the index of its
+// claim or consumption time. The FIFO pool is not an index: it is the
+// available regular records themselves, in key order, from the device's
+// Head on (suiteCounts).
 //
 // Claimed and consumed KeyPackages stay in the expiry index (until the
 // sweeper passes their not_after and marks them lapsed) so that a claim
 // and an ack leave it alone: deleting a random key of a large index costs
 // a claim one more scattered page in its commit, and the commit's page
-// writes are what limits claim throughput (docs/BENCHMARKS.md).
-func indexEntries(ref []byte, r *kpRecord) []indexEntry {
-	e := []indexEntry{{bucketDeviceKPs, index.DeviceRef(r.DID, r.Device, ref), nil}}
+// writes are what limits claim throughput (docs/BENCHMARKS.md). The refs
+// entry is the same in every state, so state changes never touch it.
+func indexEntries(key []byte, r *kpRecord) []indexEntry {
+	e := []indexEntry{{bucketRefs, r.Ref, key}}
 	if !r.Lapsed {
-		e = append(e, indexEntry{bucketExpiry, index.TimeRef(r.NotAfter.time(), ref), nil})
+		e = append(e, indexEntry{bucketExpiry, index.TimeRef(r.NotAfter.time(), r.Ref), nil})
 	}
 	switch r.State {
 	case kpd.StateAvailable:
-		switch {
-		case !r.LastResort:
-			e = append(e, indexEntry{bucketPool, index.Pool(r.DID, r.Device, r.Suite, r.Seq), ref})
-		case !r.Retired:
-			e = append(e, indexEntry{bucketLastResort, index.DeviceSuite(r.DID, r.Device, r.Suite), ref})
+		if r.LastResort && !r.Retired {
+			e = append(e, indexEntry{bucketLastResort, index.DeviceSuite(r.DID, r.Device, r.Suite), r.Ref})
 		}
 	case kpd.StateClaimed:
-		e = append(e, indexEntry{bucketClaimed, index.TimeRef(optTime(r.ClaimedAt), ref), nil})
+		e = append(e, indexEntry{bucketClaimed, index.TimeRef(optTime(r.ClaimedAt), r.Ref), nil})
 	case kpd.StateConsumed:
-		e = append(e, indexEntry{bucketConsumed, index.TimeRef(optTime(r.ConsumedAt), ref), nil})
+		e = append(e, indexEntry{bucketConsumed, index.TimeRef(optTime(r.ConsumedAt), r.Ref), nil})
 	}
 	return e
 }
@@ -156,26 +166,33 @@ func counts(r *kpRecord) (available, claimed int) {
 	return 0, 0
 }
 
-// transition replaces the record of the KeyPackage ref, old, by next (old
-// nil: a new KeyPackage; next nil: a deletion). It moves the index entries,
-// adjusts the counters of dev, the device both records belong to, which
-// the caller stores, and the store-wide counters. old and next must be
-// distinct values.
-func (t *txn) transition(ref []byte, old, next *kpRecord, dev *deviceRecord) error {
+// transition replaces the record of a KeyPackage, old, by next (old nil:
+// a new KeyPackage; next nil: a deletion), at the key they share. It moves
+// the index entries, adjusts the counters of dev, the device both records
+// belong to, which the caller stores, and the store-wide counters. old and
+// next must be distinct values.
+func (t *txn) transition(old, next *kpRecord, dev *deviceRecord) error {
+	var key []byte
 	var before, after []indexEntry
 	if old != nil {
-		before = indexEntries(ref, old)
+		key = old.key()
+		before = indexEntries(key, old)
 		a, c := counts(old)
 		dev.adjust(old.Suite, -a, -c)
 	}
 	if next != nil {
-		after = indexEntries(ref, next)
+		if k := next.key(); key == nil {
+			key = k
+		} else if !bytes.Equal(k, key) {
+			return fmt.Errorf("KeyPackage %x would move from %s to %s", next.Ref, describeKey(bucketKPs, key), describeKey(bucketKPs, k))
+		}
+		after = indexEntries(key, next)
 		a, c := counts(next)
 		dev.adjust(next.Suite, a, c)
 	}
 	t.delta.addKP(old, -1)
 	t.delta.addKP(next, 1)
-	return save(t, bucketKeyPackages, ref, before, after, next)
+	return save(t, bucketKPs, key, before, after, next)
 }
 
 // save moves a record's index entries from before to after and stores
@@ -309,13 +326,13 @@ func (t *txn) recipientGone(id, did, device string, final deliveryStatus) error 
 // deleted, unless it is a last resort that pending deliveries name, which
 // is retired instead (no longer served, deleted when its last pending
 // delivery finishes), so that invariant 4 keeps holding.
-func (t *txn) removeAvailable(ref []byte, r *kpRecord, dev *deviceRecord) error {
+func (t *txn) removeAvailable(r *kpRecord, dev *deviceRecord) error {
 	if r.LastResort && r.Pending > 0 {
 		n := *r
 		n.Retired = true
-		return t.transition(ref, r, &n, dev)
+		return t.transition(r, &n, dev)
 	}
-	return t.transition(ref, r, nil, dev)
+	return t.transition(r, nil, dev)
 }
 
 // device returns the record of a device, or nil.
@@ -382,27 +399,31 @@ func (t *txn) deviceNames(did string) ([]string, error) {
 	return names, err
 }
 
-// deviceRefs returns the refs of every KeyPackage of a device, in ref
-// order.
-func (t *txn) deviceRefs(did, device string) ([][]byte, error) {
+// deviceKeyPackages returns the records of every KeyPackage of a device
+// (its key range of kps), in ref order.
+func (t *txn) deviceKeyPackages(did, device string) ([]*kpRecord, error) {
+	var out []*kpRecord
 	prefix := index.Device(did, device)
-	var refs [][]byte
-	err := t.scan(bucketDeviceKPs, prefix, func(k, _ []byte) error {
-		refs = append(refs, k[len(prefix):])
-		return nil
-	})
-	return refs, err
+	c := t.bucket(bucketKPs).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		r := new(kpRecord)
+		if err := decode(v, r); err != nil {
+			return nil, fmt.Errorf("%s: %w", describeKey(bucketKPs, k), err)
+		}
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b *kpRecord) int { return bytes.Compare(a.Ref, b.Ref) })
+	return out, nil
 }
 
-// lastResort returns the current last resort of a device and suite (ref
-// and record), or nils.
-func (t *txn) lastResort(did, device string, suite uint16) ([]byte, *kpRecord, error) {
+// lastResort returns the current last resort of a device and suite, or
+// nil.
+func (t *txn) lastResort(did, device string, suite uint16) (*kpRecord, error) {
 	ref, ok := t.has(bucketLastResort, index.DeviceSuite(did, device, suite))
 	if !ok {
-		return nil, nil, nil
+		return nil, nil
 	}
-	r, err := t.mustKeyPackage(ref, "last-resort slot")
-	return ref, r, err
+	return t.mustKeyPackage(ref, "last-resort slot")
 }
 
 // suites returns the device's inventory, one entry per suite it ever had a
@@ -417,12 +438,12 @@ func (t *txn) suites(did, device string, d *deviceRecord) ([]kpd.SuiteInventory,
 	for _, s := range ids {
 		c := d.Suites[s]
 		si := kpd.SuiteInventory{CipherSuite: s, Available: c.Available, Claimed: c.Claimed}
-		ref, lr, err := t.lastResort(did, device, s)
+		lr, err := t.lastResort(did, device, s)
 		if err != nil {
 			return nil, err
 		}
 		if lr != nil {
-			si.LastResort = &kpd.LastResortInfo{Ref: kpd.RefOf(ref), NotAfter: lr.NotAfter.time(), Served: lr.Served}
+			si.LastResort = &kpd.LastResortInfo{Ref: kpd.RefOf(lr.Ref), NotAfter: lr.NotAfter.time(), Served: lr.Served}
 		}
 		out = append(out, si)
 	}

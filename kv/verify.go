@@ -35,11 +35,15 @@ func (v Violation) String() string {
 // one read transaction, and returns every violation it finds (none: nil):
 //
 //  1. each KeyPackage is in exactly one state and in exactly the indexes
-//     that state implies (its device's list; the expiry index until it
-//     lapses; pool or last-resort slot when available; the claimed or
-//     consumed index), every index
-//     entry belongs to a KeyPackage in that state, its device exists, and
-//     only regular KeyPackages are ever claimed or consumed;
+//     that state implies (the refs index, naming its key; the expiry
+//     index until it lapses; its last-resort slot when it is the current
+//     last resort; the claimed or consumed index), every index entry
+//     belongs to a KeyPackage in that state, its device exists, only
+//     regular KeyPackages are ever claimed or consumed, and it is stored
+//     at the key its DID, device, suite and seq make, a seq the publish
+//     sequence has passed; an available regular one is in its pool: at or
+//     above the Head of its device's suite, which is at most the next
+//     publish sequence;
 //  2. every claimed or consumed KeyPackage records its claimer and claim
 //     time (a KeyPackage cannot be claimed twice: claiming needs the
 //     available state, which nothing returns to);
@@ -98,7 +102,7 @@ type deviceCheck struct {
 
 // kpCheck is what Verify remembers of a KeyPackage.
 type kpCheck struct {
-	ref        []byte
+	where      string // its key and ref, for reports
 	rec        kpRecord
 	deliveries int // pending deliveries naming it
 }
@@ -115,10 +119,17 @@ type verifier struct {
 	// what the records add up to.
 	stored, counted *statsRecord
 	seen            int
+	// kpSeq is the publish sequence: the kps bucket's.
+	kpSeq uint64
 }
 
 func (v *verifier) report(invariant int, bucket, key []byte, format string, args ...any) {
-	v.out = append(v.out, Violation{Invariant: invariant, Key: describeKey(bucket, key), Msg: fmt.Sprintf(format, args...)})
+	v.reportAt(invariant, describeKey(bucket, key), format, args...)
+}
+
+// reportAt reports a violation at a location already rendered.
+func (v *verifier) reportAt(invariant int, where string, format string, args ...any) {
+	v.out = append(v.out, Violation{Invariant: invariant, Key: where, Msg: fmt.Sprintf(format, args...)})
 }
 
 func (v *verifier) run() error {
@@ -130,6 +141,9 @@ func (v *verifier) run() error {
 	}
 	if _, err := readSchemaVersion(v.t.tx); err != nil {
 		v.report(0, bucketMeta, keySchemaVersion, "%v", err)
+	}
+	if b := v.t.bucket(bucketKPs); b != nil {
+		v.kpSeq = b.Sequence()
 	}
 	v.counted = &statsRecord{Bounds: kpd.PoolSizeBounds}
 	if v.t.bucket(bucketMeta) != nil {
@@ -144,9 +158,8 @@ func (v *verifier) run() error {
 		fn     func(k, val []byte) error
 	}{
 		{bucketDevices, v.device},
-		{bucketKeyPackages, v.keyPackage},
-		{bucketDeviceKPs, v.checkIndex(bucketDeviceKPs)},
-		{bucketPool, v.checkIndex(bucketPool)},
+		{bucketKPs, v.keyPackage},
+		{bucketRefs, v.checkIndex(bucketRefs)},
 		{bucketLastResort, v.checkIndex(bucketLastResort)},
 		{bucketExpiry, v.checkIndex(bucketExpiry)},
 		{bucketClaimed, v.checkIndex(bucketClaimed)},
@@ -162,6 +175,11 @@ func (v *verifier) run() error {
 	} {
 		if err := v.each(step.bucket, step.fn); err != nil {
 			return err
+		}
+	}
+	for _, name := range schema3Buckets {
+		if v.t.bucket(name) != nil {
+			v.report(0, name, nil, "bucket of schema 3, which schema %d replaced", schemaVersion)
 		}
 	}
 	v.counters()
@@ -210,69 +228,94 @@ func (v *verifier) device(k, val []byte) error {
 }
 
 func (v *verifier) keyPackage(k, val []byte) error {
-	c := &kpCheck{ref: bytes.Clone(k)}
-	if err := decode(val, &c.rec); err != nil {
-		v.report(0, bucketKeyPackages, k, "%v", err)
+	c := &kpCheck{}
+	r := &c.rec
+	if _, _, _, _, err := index.DecodeKeyPackage(k); err != nil {
+		v.report(0, bucketKPs, k, "%v", err)
 		return nil
 	}
-	r := &c.rec
-	v.kps[string(k)], v.kpOrder = c, append(v.kpOrder, c)
+	if err := decode(val, r); err != nil {
+		v.report(0, bucketKPs, k, "%v", err)
+		return nil
+	}
+	if len(r.Ref) == 0 || len(r.Ref) > maxRefLen {
+		v.report(0, bucketKPs, k, "ref of %d bytes", len(r.Ref))
+		return nil
+	}
+	c.where = fmt.Sprintf("%s (ref %x)", describeKey(bucketKPs, k), r.Ref)
+	report := func(invariant int, format string, args ...any) { v.reportAt(invariant, c.where, format, args...) }
+	if other := v.kps[string(r.Ref)]; other != nil {
+		report(1, "the ref of another KeyPackage, %s", other.where)
+		return nil
+	}
+	v.kps[string(r.Ref)], v.kpOrder = c, append(v.kpOrder, c)
 	v.counted.addKP(r, 1)
+	if key := r.key(); !bytes.Equal(key, k) {
+		report(1, "its fields make the key %s", describeKey(bucketKPs, key))
+	}
+	if r.Seq > v.kpSeq {
+		report(1, "seq %d is beyond the publish sequence %d: a publish may reuse its key", r.Seq, v.kpSeq)
+	}
 	switch r.State {
 	case kpd.StateAvailable, kpd.StateClaimed, kpd.StateConsumed:
 	default:
-		v.report(1, bucketKeyPackages, k, "unknown state %q", r.State)
+		report(1, "unknown state %q", r.State)
 	}
 	if r.LastResort && r.State != kpd.StateAvailable {
-		v.report(1, bucketKeyPackages, k, "last resort in state %s: last resorts are never claimed or consumed", r.State)
+		report(1, "last resort in state %s: last resorts are never claimed or consumed", r.State)
 	}
 	if r.Lapsed && r.State == kpd.StateAvailable && !r.Retired {
-		v.report(1, bucketKeyPackages, k, "lapsed, but available: the sweeper deletes available KeyPackages when they expire")
+		report(1, "lapsed, but available: the sweeper deletes available KeyPackages when they expire")
 	}
 	if r.Retired && (!r.LastResort || r.Pending == 0) {
-		v.report(1, bucketKeyPackages, k, "retired, but not a last resort awaiting a pending delivery")
+		report(1, "retired, but not a last resort awaiting a pending delivery")
 	}
 	if r.Welcome != "" && r.State == kpd.StateAvailable {
-		v.report(1, bucketKeyPackages, k, "available, yet routed by welcome %s", r.Welcome)
+		report(1, "available, yet routed by welcome %s", r.Welcome)
 	}
 	if r.State != kpd.StateConsumed && len(r.Data) == 0 {
-		v.report(1, bucketKeyPackages, k, "%s without KeyPackage bytes", r.State)
+		report(1, "%s without KeyPackage bytes", r.State)
 	}
 	r.Data = nil // the record stays in memory for later checks, which need only its metadata
 	if r.State == kpd.StateConsumed && r.ConsumedAt == nil {
-		v.report(1, bucketKeyPackages, k, "consumed without a consumption time")
+		report(1, "consumed without a consumption time")
 	}
 	if (r.State == kpd.StateClaimed || r.State == kpd.StateConsumed) && (r.Claimer == "" || r.ClaimedAt == nil) {
-		v.report(2, bucketKeyPackages, k, "%s without claimer and claim time", r.State)
+		report(2, "%s without claimer and claim time", r.State)
 	}
 	dev := v.devices[string(index.Device(r.DID, r.Device))]
 	if dev == nil {
-		v.report(1, bucketKeyPackages, k, "belongs to %s device %q, which does not exist", r.DID, r.Device)
+		report(1, "belongs to %s device %q, which does not exist", r.DID, r.Device)
 	} else {
-		if _, ok := dev.rec.Suites[r.Suite]; !ok {
-			v.report(3, bucketKeyPackages, k, "device %s %q has no counters for its suite %d", r.DID, r.Device, r.Suite)
+		sc, ok := dev.rec.Suites[r.Suite]
+		if !ok {
+			report(3, "device %s %q has no counters for its suite %d", r.DID, r.Device, r.Suite)
 		}
 		a, cl := counts(r)
-		sc := dev.counted[r.Suite]
-		sc.Available, sc.Claimed = sc.Available+a, sc.Claimed+cl
-		dev.counted[r.Suite] = sc
+		if a > 0 && r.Seq < sc.Head {
+			report(1, "available, but below the head %d of its pool: claims never reach it", sc.Head)
+		}
+		counted := dev.counted[r.Suite]
+		counted.Available, counted.Claimed = counted.Available+a, counted.Claimed+cl
+		dev.counted[r.Suite] = counted
 	}
-	v.implied(1, bucketKeyPackages, k, string(r.State)+" KeyPackage", indexEntries(k, r))
+	v.implied(1, c.where, string(r.State)+" KeyPackage", indexEntries(k, r))
 	return nil
 }
 
-// implied records the index entries that a record (what, at key of
-// bucket) implies, and reports those missing or holding another value as
+// implied records the index entries that a record (what, at where)
+// implies, and reports those missing or holding another value as
 // violations of invariant.
-func (v *verifier) implied(invariant int, bucket, key []byte, what string, entries []indexEntry) {
+func (v *verifier) implied(invariant int, where, what string, entries []indexEntry) {
 	for _, e := range entries {
 		v.entries[entryKey(e)] = true
 		got, ok := v.t.has(e.bucket, e.key)
 		switch {
 		case !ok:
-			v.report(invariant, bucket, key, "%s missing from index %s (%s)", what, e.bucket, describeKey(e.bucket, e.key))
+			v.reportAt(invariant, where, "%s missing from index %s (%s)", what, e.bucket, describeKey(e.bucket, e.key))
 		case !bytes.Equal(got, e.value):
-			v.report(invariant, e.bucket, e.key, "holds %x, not the %x of %s", got, e.value, describeKey(bucket, key))
+			v.report(invariant, e.bucket, e.key, "holds %s, not the %s of %s",
+				describeValue(e.bucket, got), describeValue(e.bucket, e.value), where)
 		}
 	}
 }
@@ -311,15 +354,11 @@ func kindOf(r *kpRecord) string {
 // indexRef returns the ref an index entry names.
 func indexRef(bucket, k, val []byte) ([]byte, error) {
 	switch string(bucket) {
-	case string(bucketPool):
-		_, _, _, _, err := index.DecodePool(k)
-		return val, err
+	case string(bucketRefs):
+		return k, nil
 	case string(bucketLastResort):
 		_, _, _, err := index.DecodeDeviceSuite(k)
 		return val, err
-	case string(bucketDeviceKPs):
-		_, _, ref, err := index.DecodeDeviceRef(k)
-		return ref, err
 	}
 	_, ref, err := index.DecodeTimeRef(k)
 	return ref, err
@@ -350,7 +389,7 @@ func (v *verifier) delivery(k, val []byte) error {
 		v.report(4, bucketDeliveries, k, "refs differ from those welcome %s lists for this device", id)
 	}
 	v.counted.addDelivery(&d, 1)
-	v.implied(4, bucketDeliveries, k, string(d.Status.State)+" delivery", deliveryEntries(did, device, id, &d))
+	v.implied(4, describeKey(bucketDeliveries, k), string(d.Status.State)+" delivery", deliveryEntries(did, device, id, &d))
 	switch d.Status.State {
 	case kpd.DeliveryAcked, kpd.DeliveryRejected, kpd.DeliveryExpired:
 		return nil
@@ -447,7 +486,7 @@ func (v *verifier) welcome(k, val []byte) error {
 		}
 	}
 	v.counted.addWelcome(&w, 1)
-	v.implied(4, bucketWelcomes, k, "Welcome without deliveries", welcomeEntries(string(k), &w))
+	v.implied(4, describeKey(bucketWelcomes, k), "Welcome without deliveries", welcomeEntries(string(k), &w))
 	return nil
 }
 
@@ -474,9 +513,14 @@ func (v *verifier) counters() {
 		}
 		slices.Sort(suites)
 		for _, s := range suites {
-			if got, want := d.rec.Suites[s], d.counted[s]; got != want {
+			got, want := d.rec.Suites[s], d.counted[s]
+			if got.Available != want.Available || got.Claimed != want.Claimed {
 				v.report(3, bucketDevices, []byte(k), "suite %d counters available=%d claimed=%d, records say %d and %d",
 					s, got.Available, got.Claimed, want.Available, want.Claimed)
+			}
+			if got.Head > v.kpSeq+1 {
+				v.report(1, bucketDevices, []byte(k), "suite %d pool head %d is beyond the next publish sequence %d: claims would never reach what is published next",
+					s, got.Head, v.kpSeq+1)
 			}
 		}
 		if d.rec.Pending != d.pending {
@@ -485,7 +529,7 @@ func (v *verifier) counters() {
 	}
 	for _, c := range v.kpOrder {
 		if c.rec.Pending != c.deliveries {
-			v.report(3, bucketKeyPackages, c.ref, "pending deliveries counter %d, deliveries say %d", c.rec.Pending, c.deliveries)
+			v.reportAt(3, c.where, "pending deliveries counter %d, deliveries say %d", c.rec.Pending, c.deliveries)
 		}
 	}
 	if v.stored != nil {
@@ -539,12 +583,8 @@ var keyFormats = map[string]func(k []byte) (string, error){
 		did, device, err := index.DecodeDevice(k)
 		return did + "/" + device, err
 	},
-	string(bucketDeviceKPs): func(k []byte) (string, error) {
-		did, device, ref, err := index.DecodeDeviceRef(k)
-		return fmt.Sprintf("%s/%s/%x", did, device, ref), err
-	},
-	string(bucketPool): func(k []byte) (string, error) {
-		did, device, suite, seq, err := index.DecodePool(k)
+	string(bucketKPs): func(k []byte) (string, error) {
+		did, device, suite, seq, err := index.DecodeKeyPackage(k)
 		return fmt.Sprintf("%s/%s/%d/%d", did, device, suite, seq), err
 	},
 	string(bucketLastResort): func(k []byte) (string, error) {
@@ -588,6 +628,15 @@ func timeDeliveryFormat(k []byte) (string, error) {
 func timeRefFormat(k []byte) (string, error) {
 	t, ref, err := index.DecodeTimeRef(k)
 	return fmt.Sprintf("%s/%x", t.Format(time.RFC3339Nano), ref), err
+}
+
+// describeValue renders the value of an index entry: a kps key (refs) or
+// a ref, in hex.
+func describeValue(bucket, val []byte) string {
+	if bytes.Equal(bucket, bucketRefs) {
+		return describeKey(bucketKPs, val)
+	}
+	return fmt.Sprintf("%x", val)
 }
 
 // describeKey renders a key of a bucket readably; refs, hashes and keys that

@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"bytes"
 	"encoding/binary"
 	"os"
 	"strings"
@@ -43,7 +44,7 @@ func newScenario(t *testing.T) *scenario {
 }
 
 // expand replaces {available}, {claimed}, {consumed}, {lastResort} and
-// {welcome} in text with the scenario's values.
+// {welcome} in text with the scenario's values (refs in hex).
 func (s *scenario) expand(text string) string {
 	return strings.NewReplacer("{available}", string(s.available), "{claimed}", string(s.claimed),
 		"{consumed}", string(s.consumed), "{lastResort}", string(s.lastResort), "{welcome}", s.pendingWelcome).Replace(text)
@@ -72,7 +73,12 @@ func editRecord[T any](tx *bolt.Tx, bucket, key []byte, edit func(*T)) error {
 }
 
 func (s *scenario) editKP(tx *bolt.Tx, ref kpd.Ref, edit func(*kpRecord)) error {
-	return editRecord(tx, bucketKeyPackages, s.raw(ref), edit)
+	return editRecord(tx, bucketKPs, s.key(tx, ref), edit)
+}
+
+// key returns the kps key of ref, as the refs index has it.
+func (s *scenario) key(tx *bolt.Tx, ref kpd.Ref) []byte {
+	return bytes.Clone(tx.Bucket(bucketRefs).Get(s.raw(ref)))
 }
 
 type expectation struct {
@@ -95,14 +101,52 @@ func TestVerifyFindsViolations(t *testing.T) {
 		{"pending counter off", func(s *scenario, tx *bolt.Tx) error {
 			return editRecord(tx, bucketDevices, phone, func(d *deviceRecord) { d.Pending = 0 })
 		}, []expectation{{3, "pending welcomes counter 0, deliveries say 1"}}},
-		{"pool entry lost", func(s *scenario, tx *bolt.Tx) error {
+		{"refs entry lost", func(s *scenario, tx *bolt.Tx) error {
+			return tx.Bucket(bucketRefs).Delete(s.raw(s.available))
+		}, []expectation{{1, "(ref {available}): available KeyPackage missing from index refs (refs/{available})"}}},
+		{"refs entry names another KeyPackage", func(s *scenario, tx *bolt.Tx) error {
+			return tx.Bucket(bucketRefs).Put(s.raw(s.available), s.key(tx, s.claimed))
+		}, []expectation{{1, "refs/{available}: holds kps/" + bob + "/phone/1/"}}},
+		{"dangling refs entry", func(s *scenario, tx *bolt.Tx) error {
+			return tx.Bucket(bucketRefs).Put([]byte{0xde, 0xad}, s.key(tx, s.available))
+		}, []expectation{{1, "refs/dead: names KeyPackage dead, which does not exist"}}},
+		{"record moved", func(s *scenario, tx *bolt.Tx) error {
+			key := s.key(tx, s.available)
+			v := bytes.Clone(tx.Bucket(bucketKPs).Get(key))
+			if err := tx.Bucket(bucketKPs).Delete(key); err != nil {
+				return err
+			}
+			return tx.Bucket(bucketKPs).Put(index.KeyPackage(bob, "phone", 2, 1), v)
+		}, []expectation{
+			{1, "kps/" + bob + "/phone/2/1 (ref {available}): its fields make the key kps/" + bob + "/phone/1/"},
+			{1, "refs/{available}: holds kps/" + bob + "/phone/1/"},
+		}},
+		{"two records, one ref", func(s *scenario, tx *bolt.Tx) error {
 			rec := s.record(t, s.available)
-			return tx.Bucket(bucketPool).Delete(index.Pool(bob, "phone", 1, rec.Seq))
-		}, []expectation{{1, "key_packages/{available}: available KeyPackage missing from index pool"}}},
-		{"pool entry names another KeyPackage", func(s *scenario, tx *bolt.Tx) error {
-			rec := s.record(t, s.available)
-			return tx.Bucket(bucketPool).Put(index.Pool(bob, "phone", 1, rec.Seq), s.raw(s.claimed))
-		}, []expectation{{1, "holds {claimed}, not the {available} of key_packages/{available}"}}},
+			rec.Seq = 1 << 20
+			b, err := encode(rec)
+			if err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketKPs).SetSequence(1 << 20); err != nil {
+				return err
+			}
+			return tx.Bucket(bucketKPs).Put(rec.key(), b)
+		}, []expectation{{1, "(ref {available}): the ref of another KeyPackage, kps/" + bob + "/phone/1/"}}},
+		{"seq beyond the publish sequence", func(s *scenario, tx *bolt.Tx) error {
+			return tx.Bucket(bucketKPs).SetSequence(1)
+		}, []expectation{{1, "(ref {available}): seq 3 is beyond the publish sequence 1"}}},
+		{"available KeyPackage below the head", func(s *scenario, tx *bolt.Tx) error {
+			seq := s.record(t, s.available).Seq
+			return editRecord(tx, bucketDevices, phone, func(d *deviceRecord) { d.advanceHead(1, seq+1) })
+		}, []expectation{{1, "(ref {available}): available, but below the head 4 of its pool"}}},
+		{"head beyond the publish sequence", func(s *scenario, tx *bolt.Tx) error {
+			return editRecord(tx, bucketDevices, phone, func(d *deviceRecord) { d.advanceHead(1, 99) })
+		}, []expectation{{1, "devices/" + bob + "/phone: suite 1 pool head 99 is beyond the next publish sequence 5"}}},
+		{"schema 3 bucket left", func(s *scenario, tx *bolt.Tx) error {
+			_, err := tx.CreateBucket(bucketPoolV3)
+			return err
+		}, []expectation{{0, "pool/: bucket of schema 3"}}},
 		{"dangling expiry entry", func(s *scenario, tx *bolt.Tx) error {
 			return tx.Bucket(bucketExpiry).Put(index.TimeRef(t0, []byte{0xde, 0xad}), nil)
 		}, []expectation{{1, "names KeyPackage dead, which does not exist"}}},
@@ -111,11 +155,12 @@ func TestVerifyFindsViolations(t *testing.T) {
 		}, []expectation{{1, "does not match KeyPackage {available} (available of " + bob + ` "phone")`}}},
 		{"claimed without claimer", func(s *scenario, tx *bolt.Tx) error {
 			return s.editKP(tx, s.claimed, func(r *kpRecord) { r.Claimer = "" })
-		}, []expectation{{2, "key_packages/{claimed}: claimed without claimer and claim time"}}},
+		}, []expectation{{2, "(ref {claimed}): claimed without claimer and claim time"}}},
 		{"claimed again: back to available", func(s *scenario, tx *bolt.Tx) error {
 			return s.editKP(tx, s.claimed, func(r *kpRecord) { r.State = kpd.StateAvailable })
 		}, []expectation{
-			{1, "key_packages/{claimed}: available KeyPackage missing from index pool"},
+			{1, "(ref {claimed}): available, but below the head 3 of its pool"},
+			{1, "does not match KeyPackage {claimed} (available of "},
 			{1, "available, yet routed by welcome {welcome}"},
 			{3, "suite 1 counters available=1 claimed=1, records say 2 and 0"},
 			{4, "names KeyPackage {claimed}, which is available for welcome"},
@@ -125,10 +170,10 @@ func TestVerifyFindsViolations(t *testing.T) {
 				return err
 			}
 			return s.editKP(tx, s.available, func(r *kpRecord) { r.Lapsed = true })
-		}, []expectation{{1, "key_packages/{available}: lapsed, but available"}}},
+		}, []expectation{{1, "(ref {available}): lapsed, but available"}}},
 		{"claimed KeyPackage missing from expiry", func(s *scenario, tx *bolt.Tx) error {
 			return tx.Bucket(bucketExpiry).Delete(index.TimeRef(s.record(t, s.claimed).NotAfter.time(), s.raw(s.claimed)))
-		}, []expectation{{1, "key_packages/{claimed}: claimed KeyPackage missing from index expiry"}}},
+		}, []expectation{{1, "(ref {claimed}): claimed KeyPackage missing from index expiry"}}},
 		{"last resort claimed", func(s *scenario, tx *bolt.Tx) error {
 			return s.editKP(tx, s.lastResort, func(r *kpRecord) { r.State = kpd.StateClaimed })
 		}, []expectation{{1, "last resort in state claimed"}, {2, "claimed without claimer"}}},
@@ -141,20 +186,23 @@ func TestVerifyFindsViolations(t *testing.T) {
 			{4, "welcomes/{welcome}: recipient " + bob + ` "phone" has no delivery`},
 			{4, "queues welcome {welcome}, which has no pending delivery"},
 			{3, "pending welcomes counter 1, deliveries say 0"},
-			{3, "key_packages/{claimed}: pending deliveries counter 1, deliveries say 0"},
+			{3, "(ref {claimed}): pending deliveries counter 1, deliveries say 0"},
 		}},
 		{"device lost", func(s *scenario, tx *bolt.Tx) error {
 			return tx.Bucket(bucketDevices).Delete(phone)
 		}, []expectation{
-			{1, "key_packages/{available}: belongs to " + bob + ` device "phone", which does not exist`},
+			{1, "(ref {available}): belongs to " + bob + ` device "phone", which does not exist`},
 			{4, "device does not exist"},
 		}},
 		{"garbage record and key", func(s *scenario, tx *bolt.Tx) error {
-			if err := tx.Bucket(bucketKeyPackages).Put([]byte{1}, []byte{0xff, 0x00}); err != nil {
+			if err := tx.Bucket(bucketKPs).Put([]byte{1}, []byte{0xff, 0x00}); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketKPs).Put(index.KeyPackage(bob, "phone", 1, 0), []byte{0xff, 0x00}); err != nil {
 				return err
 			}
 			return tx.Bucket(bucketPending).Put([]byte{0x05, 'a'}, []byte("x"))
-		}, []expectation{{0, "key_packages/01: decode"}, {0, "pending/0561: pending key"}}},
+		}, []expectation{{0, "kps/01: KeyPackage key"}, {0, "kps/" + bob + "/phone/1/0: decode"}, {0, "pending/0561: pending key"}}},
 		{"global counter off", func(s *scenario, tx *bolt.Tx) error {
 			return editRecord(tx, bucketMeta, keyStats, func(r *statsRecord) {
 				c := r.Suites[1]
@@ -299,5 +347,25 @@ func TestVerifyRunsBoltCheck(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("violations %v, want bbolt's unreachable unfreed pages", vs)
+	}
+}
+
+// TestMisdirectedRefIsAnError: a refs entry that names another
+// KeyPackage's record fails the operations that look the ref up, rather
+// than letting them change that other KeyPackage.
+func TestMisdirectedRefIsAnError(t *testing.T) {
+	s := newScenario(t)
+	err := s.bolt.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRefs).Put(s.raw(s.available), s.key(tx, s.lastResort))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = s.DeleteKeyPackages(s.ctx, bob, "phone", []kpd.Ref{s.available})
+	if kpd.ErrorCode(err) != kpd.CodeInternal || !strings.Contains(err.Error(), "which is KeyPackage "+string(s.lastResort)) {
+		t.Fatalf("delete through a misdirected ref: %v, want an internal error naming the other KeyPackage", err)
+	}
+	if inv, _ := s.inventory(t, bob, "phone"); suiteOf(inv, 1).LastResort == nil {
+		t.Fatal("the last resort that the misdirected ref named is gone")
 	}
 }

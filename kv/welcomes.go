@@ -174,7 +174,7 @@ func (t *txn) storeWelcome(id string, w *welcomeRecord) error {
 			if !n.LastResort {
 				n.Welcome = id
 			}
-			if err := t.transition(ref, kp, &n, dev); err != nil {
+			if err := t.transition(kp, &n, dev); err != nil {
 				return err
 			}
 		}
@@ -483,7 +483,7 @@ func (t *txn) endDelivery(did, device, welcomeID string, d *deliveryRecord, st d
 			n.State, n.ConsumedAt, n.Data = kpd.StateConsumed, t.nowStamp(), nil
 			t.note(func(o Observer) { o.Consumed(n.Suite) })
 		}
-		if err := t.transition(ref, kp, next, dev); err != nil {
+		if err := t.transition(kp, next, dev); err != nil {
 			return err
 		}
 	}
