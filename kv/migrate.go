@@ -3,6 +3,7 @@ package kv
 import (
 	"bytes"
 	"fmt"
+	"slices"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -99,30 +100,31 @@ func migrateToV3(tx *bolt.Tx) error {
 // device_key_packages and pool, which the layout replaces, are deleted.
 // The other indexes name KeyPackages by ref, as before, and the counters
 // do not change.
+//
+// Both new buckets are filled in key order: bbolt splits pages only when
+// a transaction commits, so keys put in random order into a new bucket
+// would each shift a node holding every key before them (quadratic in the
+// number of KeyPackages). A first pass reads key_packages in its (ref)
+// order, which writes refs in order, warms the page cache for the second
+// pass and collects each record's new key; the second copies the records
+// to kps in the order of their new keys.
 func migrateToV4(tx *bolt.Tx) error {
 	t := &txn{tx: tx}
 	fillKPs(tx)
-	old, kps := tx.Bucket(bucketKeyPackagesV3), tx.Bucket(bucketKPs)
+	old, kps, refs := tx.Bucket(bucketKeyPackagesV3), tx.Bucket(bucketKPs), tx.Bucket(bucketRefs)
 	seq := old.Sequence()
 	// By index.DeviceSuite key: the lowest seq of an available regular
 	// KeyPackage, and one past the highest seq.
 	lowest, end := make(map[string]uint64), make(map[string]uint64)
+	type move struct{ key, ref []byte }
+	var moves []move
 	err := old.ForEach(func(k, v []byte) error {
 		var r kpRecord
 		if err := decode(v, &r); err != nil {
 			return fmt.Errorf("%s: %w", describeKey(bucketKeyPackagesV3, k), err)
 		}
-		r.Ref = bytes.Clone(k)
-		key := r.key()
-		if kps.Get(key) != nil {
-			return fmt.Errorf("KeyPackage %x has the key of another one, %s", k, describeKey(bucketKPs, key))
-		}
-		if err := t.put(bucketKPs, key, &r); err != nil {
-			return err
-		}
-		if err := t.moveEntries(nil, entriesIn(bucketRefs, key, &r)); err != nil {
-			return err
-		}
+		m := move{r.key(), bytes.Clone(k)}
+		moves = append(moves, m)
 		seq = max(seq, r.Seq)
 		ds := string(index.DeviceSuite(r.DID, r.Device, r.Suite))
 		end[ds] = max(end[ds], r.Seq+1)
@@ -131,10 +133,24 @@ func migrateToV4(tx *bolt.Tx) error {
 				lowest[ds] = r.Seq
 			}
 		}
-		return nil
+		return refs.Put(m.ref, m.key)
 	})
 	if err != nil {
 		return err
+	}
+	slices.SortFunc(moves, func(a, b move) int { return bytes.Compare(a.key, b.key) })
+	for i, m := range moves {
+		if i > 0 && bytes.Equal(m.key, moves[i-1].key) {
+			return fmt.Errorf("KeyPackages %x and %x have the same key, %s", moves[i-1].ref, m.ref, describeKey(bucketKPs, m.key))
+		}
+		var r kpRecord
+		if err := decode(old.Get(m.ref), &r); err != nil {
+			return fmt.Errorf("%s: %w", describeKey(bucketKeyPackagesV3, m.ref), err)
+		}
+		r.Ref = m.ref
+		if err := t.put(bucketKPs, m.key, &r); err != nil {
+			return err
+		}
 	}
 	if err := kps.SetSequence(seq); err != nil {
 		return err
