@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -279,5 +280,63 @@ func TestClaimMisses(t *testing.T) {
 		[]byte(`{"cipher_suite":"MLS_NO_SUCH_SUITE","targets":[{"did":"`+alice+`"}]}`))
 	if resp.StatusCode != http.StatusUnprocessableEntity {
 		t.Fatalf("claim with an unknown suite name: status %d", resp.StatusCode)
+	}
+}
+
+// TestPublishLargeBatchOrder: a batch big enough to be validated by several
+// goroutines keeps its order: invalid items are reported at their indices
+// in order, and a valid batch's results name each item's ref at its index.
+func TestPublishLargeBatchOrder(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4)) // several validators even on one CPU
+	s := start(t)
+	ctx := context.Background()
+	fx := fixture(t, 1)
+	a := s.as(alice)
+
+	var batch [][]byte
+	var refs []kpd.Ref
+	var bad []int
+	for i := range 60 {
+		switch i % 7 {
+		case 3:
+			batch = append(batch, fx.Invalid.BadSignature)
+			bad = append(bad, i)
+		case 5:
+			batch = append(batch, fx.KeyPackages["bob"].Message)
+			bad = append(bad, i)
+		default:
+			kp, ref := s.keyPackage(1, alice+"#dev1", false)
+			batch, refs = append(batch, kp), append(refs, ref)
+		}
+	}
+	_, err := a.Publish(ctx, "dev1", batch)
+	e := wantCode(t, err, kpd.CodeBadSignature)
+	if len(e.Errors) != len(bad) {
+		t.Fatalf("%d errors, want %d: %+v", len(e.Errors), len(bad), e.Errors)
+	}
+	for j, ie := range e.Errors {
+		want := kpd.CodeBadSignature
+		if bad[j]%7 == 5 {
+			want = kpd.CodeIdentityMismatch
+		}
+		if ie.Index != bad[j] || ie.Code != want {
+			t.Errorf("errors[%d] = %+v, want index %d code %s", j, ie, bad[j], want)
+		}
+	}
+
+	var valid [][]byte
+	for i, kp := range batch {
+		if i%7 != 3 && i%7 != 5 {
+			valid = append(valid, kp)
+		}
+	}
+	pub := must(a.Publish(ctx, "dev1", valid))(t)
+	if len(pub.Results) != len(refs) || pub.Inventory.Suites[0].Available != len(refs) {
+		t.Fatalf("%d results, inventory %+v; want %d", len(pub.Results), pub.Inventory.Suites, len(refs))
+	}
+	for i, r := range pub.Results {
+		if r.Ref != refs[i] || r.Status != kpd.PublishStored {
+			t.Errorf("results[%d] = %+v, want %s stored", i, r, refs[i])
+		}
 	}
 }

@@ -3,8 +3,11 @@ package httpapi
 import (
 	"fmt"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/mls"
@@ -48,16 +51,11 @@ func (s *server) publish(w http.ResponseWriter, r *request) error {
 			return err
 		}
 	}
-	policy := s.mlsPolicy()
+	validated := s.validateBatch(req.KeyPackages, r.caller)
 	kps := make([]kpd.KeyPackage, 0, len(req.KeyPackages))
 	var items []kpd.ItemError
 	for i, b := range req.KeyPackages {
-		if len(b) > s.limits.MaxKeyPackageBytes {
-			items = append(items, kpd.ItemError{Index: i, Code: kpd.CodePayloadTooLarge,
-				Detail: fmt.Sprintf("KeyPackage of %d bytes; at most %d", len(b), s.limits.MaxKeyPackageBytes)})
-			continue
-		}
-		v, err := s.registry.ValidateKeyPackage(b, r.caller, policy)
+		v, err := validated[i].kp, validated[i].err
 		if err != nil {
 			if kpd.ErrorCode(err) == kpd.CodeInternal {
 				return err
@@ -89,6 +87,54 @@ func (s *server) publish(w http.ResponseWriter, r *request) error {
 	}
 	return s.respond(w, r.Request, http.StatusOK, publishResponse{Results: nonNil(results), Inventory: inventory(inv)})
 }
+
+// validation is the outcome of validating one KeyPackage of a batch.
+type validation struct {
+	kp  *mls.Validated
+	err error
+}
+
+// validateBatch validates every KeyPackage of a publish batch for did, at
+// one policy time, and returns the outcomes in batch order. The signature
+// checks are nearly all of a publish's CPU, so a batch is spread over up to
+// GOMAXPROCS goroutines: under light load a batch of 50 then takes a
+// fraction of the time, and under full load the CPUs are busy either way.
+func (s *server) validateBatch(batch []byteString, did string) []validation {
+	policy := s.mlsPolicy()
+	out := make([]validation, len(batch))
+	one := func(i int) {
+		b := batch[i]
+		if len(b) > s.limits.MaxKeyPackageBytes {
+			out[i].err = &kpd.Error{Code: kpd.CodePayloadTooLarge,
+				Message: fmt.Sprintf("KeyPackage of %d bytes; at most %d", len(b), s.limits.MaxKeyPackageBytes)}
+			return
+		}
+		out[i].kp, out[i].err = s.registry.ValidateKeyPackage(b, did, policy)
+	}
+	workers := min(runtime.GOMAXPROCS(0), (len(batch)+minPerValidator-1)/minPerValidator)
+	if workers <= 1 {
+		for i := range batch {
+			one(i)
+		}
+		return out
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(batch); i = int(next.Add(1) - 1) {
+				one(i)
+			}
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// minPerValidator is the fewest KeyPackages worth a goroutine of their own
+// in validateBatch: a suite-1 KeyPackage takes about 80 µs to validate, a
+// goroutine about 1 µs to start.
+const minPerValidator = 4
 
 // mlsPolicy is the validation policy at the current time.
 func (s *server) mlsPolicy() mls.Policy {
