@@ -4,11 +4,12 @@
 // A Dispatcher reads the durable outbox in Seq order and POSTs each event as
 // JSON, signed with HMAC-SHA256 (see Sign and Verify). A 2xx answer deletes
 // the event from the outbox; anything else is retried with exponential
-// backoff and full jitter. Delivery is at least once: an event delivered
-// just before a crash, or whose deletion failed, is sent again with the same
-// Kpd-Event-Id, by which receivers drop duplicates. The events of one device
-// are delivered in order: while one of them fails, that device's later
-// events wait, and other devices' events go on.
+// backoff and full jitter, until the event is older than MaxAge: then it
+// is given up (deleted undelivered). Delivery is at least once: an event
+// delivered just before a crash, or whose deletion failed, is sent again
+// with the same Kpd-Event-Id, by which receivers drop duplicates. The
+// events of one device are delivered in order: while one of them fails,
+// that device's later events wait, and other devices' events go on.
 package webhook
 
 import (
@@ -51,8 +52,14 @@ const (
 
 // Outcomes of one delivery attempt, as passed to Dispatcher.Observer.
 const (
+	// OutcomeDelivered: the receiver answered 2xx; the event is deleted.
 	OutcomeDelivered = "delivered"
-	OutcomeFailed    = "failed"
+	// OutcomeFailed: the attempt failed; the event is retried after a
+	// backoff.
+	OutcomeFailed = "failed"
+	// OutcomeDropped: the attempt failed and the event was older than
+	// Dispatcher.MaxAge: it is deleted undelivered and never retried.
+	OutcomeDropped = "dropped"
 )
 
 // Source is the durable outbox; *kv.DB implements it.
@@ -75,14 +82,25 @@ type Dispatcher struct {
 	Secret []byte
 	// Client sends the requests; nil means a client with DefaultTimeout.
 	Client *http.Client
-	// Clock gives the signature timestamps; nil means time.Now. Waiting
-	// (polling and backoff) uses real timers.
+	// Clock gives the signature timestamps and the age of events (see
+	// MaxAge); nil means time.Now. Waiting (polling and backoff) uses real
+	// timers.
 	Clock kpd.Clock
-	// Logger receives a line per failed attempt (warn) and per delivered
-	// event (debug). It never sees the secret or the request body.
+	// MaxAge gives events up: when an attempt fails and the event was
+	// created (kpd.Event.CreatedAt) more than MaxAge before Clock, the
+	// event is deleted from the outbox undelivered, reported as
+	// OutcomeDropped, and its device's next event is attempted without
+	// waiting for a backoff. A receiver that refuses an event for ever
+	// then holds up its device's later events for MaxAge at most. 0 means
+	// never give up.
+	MaxAge time.Duration
+	// Logger receives a line per failed attempt (warn), per dropped event
+	// (error) and per delivered event (debug). It never sees the secret or
+	// the request body.
 	Logger zerolog.Logger
-	// Observer, when set, is called with OutcomeDelivered or OutcomeFailed
-	// after every attempt (for the kpd_webhook_deliveries_total metric).
+	// Observer, when set, is called with OutcomeDelivered, OutcomeFailed
+	// or OutcomeDropped after every attempt (for the
+	// kpd_webhook_deliveries_total metric).
 	Observer func(outcome string)
 	// PollInterval is how often the outbox is read when Notify is not
 	// called; 0 means DefaultPollInterval.
@@ -227,7 +245,7 @@ func (p *passes) nextWait() time.Duration {
 // was asked for, otherwise the events added since the last pass. A device
 // with a failed event is blocked for the whole pass from that event on,
 // and, until its retry is due and a whole pass reaches the event again,
-// in later passes too.
+// in later passes too; an event given up (MaxAge) blocks nothing.
 func (p *passes) pass(ctx context.Context) {
 	full := p.rescan || p.retryDue()
 	after := p.high
@@ -245,7 +263,8 @@ func (p *passes) pass(ctx context.Context) {
 			}
 			return
 		}
-		var delivered []uint64
+		// done are the events delivered or given up in this page.
+		var done []uint64
 		for _, ev := range events {
 			p.high = max(p.high, ev.Seq)
 			key := deviceKey{ev.DID, ev.Device}
@@ -261,22 +280,29 @@ func (p *passes) pass(ctx context.Context) {
 				if ctx.Err() != nil {
 					break
 				}
+				if age := p.d.Clock.Now().Sub(ev.CreatedAt); p.d.MaxAge > 0 && age > p.d.MaxAge {
+					// The device's next event is not blocked by this one.
+					p.drop(key, ev, age, err)
+					done = append(done, ev.Seq)
+					continue
+				}
 				blocked[key] = true
 				p.failed(key, ev, err)
 				continue
 			}
 			delete(p.retries, key)
-			delivered = append(delivered, ev.Seq)
+			done = append(done, ev.Seq)
 			p.d.observe(OutcomeDelivered)
 			p.d.Logger.Debug().Str("event_id", ev.ID).Str("type", ev.Type).Msg("webhook delivered")
 		}
-		if len(delivered) > 0 {
+		if len(done) > 0 {
 			// A failure here only means duplicates: the next pass reads
-			// the whole outbox and delivers these events again, and
-			// receivers drop them by id.
-			if err := p.d.Source.DeleteEvents(context.WithoutCancel(ctx), delivered); err != nil {
+			// the whole outbox and attempts these events again (a
+			// dropped one is dropped again if it fails), and receivers
+			// drop duplicates by id.
+			if err := p.d.Source.DeleteEvents(context.WithoutCancel(ctx), done); err != nil {
 				p.rescan = true
-				p.d.Logger.Error().Err(err).Int("events", len(delivered)).Msg("webhook: delete delivered events")
+				p.d.Logger.Error().Err(err).Int("events", len(done)).Msg("webhook: delete delivered and dropped events")
 			}
 		}
 		if len(events) < pageSize {
@@ -313,6 +339,23 @@ func (p *passes) failed(key deviceKey, ev kpd.Event, err error) {
 		Int("failures", rt.failures).
 		Dur("retry_in", wait).
 		Msg("webhook delivery failed")
+}
+
+// drop records the failed last attempt of ev, which is age old, and gives
+// the event up: its device has no backoff state left.
+func (p *passes) drop(key deviceKey, ev kpd.Event, age time.Duration, err error) {
+	failures := 1
+	if rt := p.retries[key]; rt != nil {
+		failures += rt.failures
+	}
+	delete(p.retries, key)
+	p.d.observe(OutcomeDropped)
+	p.d.Logger.Error().Err(err).
+		Str("event_id", ev.ID).
+		Str("type", ev.Type).
+		Dur("age", age).
+		Int("failures", failures).
+		Msg("webhook event dropped: older than the maximum age")
 }
 
 func (d *Dispatcher) observe(outcome string) {

@@ -69,20 +69,30 @@ func (o *memOutbox) len() int {
 	return len(o.events)
 }
 
-// receiver is a webhook endpoint that verifies every request and records
-// the events it accepted, in arrival order. fail decides, per event,
-// whether to answer 500 instead.
+// receiver is a webhook endpoint that verifies every request's signature
+// against its clock and records the events it accepted, in arrival order.
+// fail decides, per event, whether to answer failStatus instead.
 type receiver struct {
-	t        *testing.T
-	mu       sync.Mutex
-	accepted []kpd.Event
-	attempts map[string]int // by event id
-	fail     func(ev kpd.Event, attempt int) bool
-	got      chan struct{}
+	t          *testing.T
+	now        func() time.Time
+	fail       func(ev kpd.Event, attempt int) bool
+	failStatus int
+	mu         sync.Mutex
+	accepted   []kpd.Event
+	attempts   map[string]int // by event id
+	got        chan struct{}
 }
 
+// newReceiver starts a receiver whose clock reads eventsAt and whose
+// failures are 503s.
 func newReceiver(t *testing.T, fail func(kpd.Event, int) bool) (*receiver, string) {
-	rc := &receiver{t: t, attempts: map[string]int{}, fail: fail, got: make(chan struct{}, 1000)}
+	return startReceiver(t, &receiver{now: func() time.Time { return eventsAt }, fail: fail, failStatus: http.StatusServiceUnavailable})
+}
+
+// startReceiver serves rc (with its now, fail and failStatus set) on
+// loopback until the test ends, and returns it with its URL.
+func startReceiver(t *testing.T, rc *receiver) (*receiver, string) {
+	rc.t, rc.attempts, rc.got = t, map[string]int{}, make(chan struct{}, 1000)
 	srv := httptest.NewServer(rc)
 	t.Cleanup(srv.Close)
 	return rc, srv.URL
@@ -97,7 +107,7 @@ func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost || r.Header.Get("Content-Type") != "application/json" {
 		rc.t.Errorf("request %s with Content-Type %q", r.Method, r.Header.Get("Content-Type"))
 	}
-	if err := webhook.Verify(secret, r.Header.Get(webhook.SignatureHeader), body, eventsAt, time.Minute); err != nil {
+	if err := webhook.Verify(secret, r.Header.Get(webhook.SignatureHeader), body, rc.now(), time.Minute); err != nil {
 		rc.t.Errorf("signature: %v", err)
 		http.Error(w, "bad signature", http.StatusUnauthorized)
 		return
@@ -119,7 +129,7 @@ func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rc.mu.Unlock()
 	rc.got <- struct{}{}
 	if fail {
-		http.Error(w, "try later", http.StatusServiceUnavailable)
+		http.Error(w, "refused", rc.failStatus)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -392,15 +392,21 @@ func parseRate(spec string) (ratelimit.Limit, error) {
 // accepts.
 const minWebhookSecretLength = 16
 
+// defaultWebhookMaxAge is the default of --webhook-max-age: events are
+// push hints and pool warnings, stale after a day.
+const defaultWebhookMaxAge = 24 * time.Hour
+
 // webhookFlags are the webhook flags of `kpd serve`.
 type webhookFlags struct {
 	url, secret, secretFile string
+	maxAge                  time.Duration
 }
 
 func (f *webhookFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.url, "webhook-url", "", "POST every event (low and exhausted pools, last resorts, new Welcomes) to this `URL`; off when empty")
 	fs.StringVar(&f.secret, "webhook-secret", "", "`secret` (at least 16 characters) that signs webhook requests (prefer --webhook-secret-file or KPD_WEBHOOK_SECRET: a flag shows in ps)")
 	fs.StringVar(&f.secretFile, "webhook-secret-file", "", "read the webhook secret from this `file` (surrounding white space ignored)")
+	durationVar(fs, &f.maxAge, "webhook-max-age", defaultWebhookMaxAge, "give an event up (delete it undelivered) when an attempt fails and it is older than this (0 = retry for ever)")
 }
 
 // dispatcher returns the webhook dispatcher of the flags, without its
@@ -424,6 +430,7 @@ func (f *webhookFlags) dispatcher(clock kpd.Clock, logger zerolog.Logger) (*webh
 		URL:    f.url,
 		Secret: []byte(secret),
 		Clock:  clock,
+		MaxAge: f.maxAge,
 		Logger: logger,
 	}, nil
 }
