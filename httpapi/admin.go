@@ -53,6 +53,10 @@ type AdminConfig struct {
 	BackupTimeout time.Duration
 	// Logger receives one line per request and every internal error.
 	Logger zerolog.Logger
+	// Metrics, when set, hears about every answered request, as
+	// Config.Metrics does: the admin routes by their templates (e.g.
+	// AdminBackupPath), anything else as "unmatched".
+	Metrics RequestObserver
 	// Stats, when set, serves GET /v1/admin/stats (see AdminStatsPath).
 	Stats AdminStatsSource
 	// LastBackup, when set, gives the time of the newest scheduled
@@ -90,7 +94,7 @@ type AdminConfig struct {
 //
 // Errors are RFC 9457 problem documents, as on every other route.
 func NewAdmin(cfg AdminConfig) http.Handler {
-	s := &server{log: cfg.Logger, router: mux.NewRouter()}
+	s := &server{log: cfg.Logger, metrics: cfg.Metrics, router: mux.NewRouter()}
 	s.router.NotFoundHandler = http.HandlerFunc(s.notFound)
 	s.router.MethodNotAllowedHandler = http.HandlerFunc(s.methodNotAllowed)
 	if cfg.Token != "" {

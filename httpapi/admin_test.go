@@ -7,12 +7,15 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -229,5 +232,60 @@ func TestAdminBackupFailureIsInternal(t *testing.T) {
 	adminWantProblem(t, resp, http.StatusInternalServerError, kpd.CodeInternal)
 	if !strings.Contains(logs.String(), "database not open") {
 		t.Errorf("internal error not logged:\n%s", logs)
+	}
+}
+
+// requestObserver records the requests a RequestObserver hears about, as
+// "route status".
+type requestObserver struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (o *requestObserver) ObserveRequest(route string, status int, d time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.seen = append(o.seen, fmt.Sprintf("%s %d", route, status))
+}
+
+// The admin routes report their requests to AdminConfig.Metrics by route
+// template, refused ones included.
+func TestAdminRequestsObserved(t *testing.T) {
+	db, err := kv.Open(filepath.Join(t.TempDir(), "kpd.db"), &kv.Options{
+		Clock: func() time.Time { return adminTestNow }, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	obs := &requestObserver{}
+	srv := httptest.NewServer(httpapi.NewAdmin(httpapi.AdminConfig{Token: adminTestToken, Snapshots: db,
+		Stats: db, Tokens: db, Metrics: obs, Logger: zerolog.Nop()}))
+	bearer := "Bearer " + adminTestToken
+	for _, req := range []struct{ method, path, authorization string }{
+		{http.MethodGet, httpapi.AdminStatsPath, ""},
+		{http.MethodGet, httpapi.AdminStatsPath, bearer},
+		{http.MethodGet, httpapi.AdminBackupPath, bearer},
+		{http.MethodDelete, httpapi.AdminTokensPath + "/0123456789abcdef", bearer},
+		{http.MethodGet, "/v1/admin/nothing", bearer},
+	} {
+		resp := testkit.Do(t, req.method, srv.URL+req.path, req.authorization)
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	// Close waits for the handlers, which report after answering.
+	srv.Close()
+	want := []string{
+		httpapi.AdminStatsPath + " 401",
+		httpapi.AdminStatsPath + " 200",
+		httpapi.AdminBackupPath + " 200",
+		httpapi.AdminTokensPath + "/{id} 404",
+		"unmatched 404",
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if !slices.Equal(obs.seen, want) {
+		t.Fatalf("observed %q, want %q", obs.seen, want)
 	}
 }

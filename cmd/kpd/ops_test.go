@@ -171,11 +171,20 @@ func TestServeOperations(t *testing.T) {
 		}
 	}
 
-	// Admin stats.
+	// Admin stats, counted in the request metrics like the API routes.
 	code, stats := httpGet(t, url+"/v1/admin/stats", "Bearer "+opsAdminToken)
 	if code != http.StatusOK || !strings.Contains(stats, `"devices":1`) || !strings.Contains(stats, `"pending":1`) {
 		t.Errorf("admin stats: %d %s", code, stats)
 	}
+	if code, _ := httpGet(t, url+"/v1/admin/stats", ""); code != http.StatusUnauthorized {
+		t.Errorf("admin stats without the token: %d, want 401", code)
+	}
+	waitFor(t, "the admin requests to be counted", func() bool {
+		_, body := httpGet(t, "http://"+m.MetricsAddr()+"/metrics", "")
+		return strings.Contains(body, `kpd_http_requests_total{code="200",route="/v1/admin/stats"} 1`) &&
+			strings.Contains(body, `kpd_http_requests_total{code="401",route="/v1/admin/stats"} 1`) &&
+			strings.Contains(body, `kpd_http_request_duration_seconds_count{route="/v1/admin/stats"} 2`)
+	})
 
 	// A waiting long-poll ends as soon as the shutdown begins.
 	list, err := alice.Welcomes(ctx, "dev1", client.ListOptions{})

@@ -222,6 +222,7 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 		Snapshots:  db,
 		SpoolDir:   filepath.Dir(c.db),
 		Logger:     logger,
+		Metrics:    met,
 		Stats:      db,
 		LastBackup: lastBackup,
 		Tokens:     db,
