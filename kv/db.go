@@ -49,6 +49,10 @@ const (
 	DefaultSweepBatchSize       = 1000
 	DefaultMaxOutbox            = 1_000_000
 
+	// LowWatermarkOff, as Options.LowWatermark, turns key_packages.low
+	// events off.
+	LowWatermarkOff = -1
+
 	// DefaultMaxBatchSize bounds group commit (commit.go): the most write
 	// operations one transaction carries. A claim touches a handful of
 	// keys, so 256 operations keep a transaction to a few hundred dirty
@@ -75,7 +79,10 @@ type Options struct {
 	// MaxDevicesPerDID caps the devices of one DID; 0 means 20.
 	MaxDevicesPerDID int
 	// LowWatermark is reported in Inventory.LowWatermark and is the
-	// threshold of key_packages.low events; 0 means 10.
+	// threshold of key_packages.low events; 0 means 10. A negative value
+	// (LowWatermarkOff) turns key_packages.low events off and is reported
+	// as 0: a device learns of an empty pool by key_packages.exhausted,
+	// which stays on.
 	LowWatermark int
 	// ClaimRetention is how long a claimed KeyPackage waits for its
 	// Welcome before Sweep purges it; 0 means 30 days. One whose Welcome
@@ -139,7 +146,9 @@ func (o *Options) withDefaults() Options {
 	setDefault(&r.OpenTimeout, DefaultOpenTimeout)
 	setDefault(&r.MaxAvailablePerSuite, DefaultMaxAvailablePerSuite)
 	setDefault(&r.MaxDevicesPerDID, DefaultMaxDevicesPerDID)
-	setDefault(&r.LowWatermark, DefaultLowWatermark)
+	if r.LowWatermark == 0 {
+		r.LowWatermark = DefaultLowWatermark
+	}
 	setDefault(&r.ClaimRetention, DefaultClaimRetention)
 	setDefault(&r.ConsumedRetention, DefaultConsumedRetention)
 	setDefault(&r.WelcomeRetention, DefaultWelcomeRetention)
@@ -148,6 +157,10 @@ func (o *Options) withDefaults() Options {
 	setDefault(&r.MaxBatchSize, DefaultMaxBatchSize)
 	return r
 }
+
+// reportedLowWatermark is the low watermark inventories report: 0 when
+// low events are off.
+func (o *Options) reportedLowWatermark() int { return max(o.LowWatermark, 0) }
 
 func setDefault[T int | time.Duration](v *T, def T) {
 	if *v <= 0 {

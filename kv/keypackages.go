@@ -99,7 +99,7 @@ func (db *DB) Publish(ctx context.Context, did, device string, kps []kpd.KeyPack
 			return refuse(err)
 		}
 		if dev == nil { // empty batch for a device that does not exist
-			results, inv = []kpd.PublishResult{}, &kpd.Inventory{Device: device, Suites: []kpd.SuiteInventory{}, LowWatermark: db.opts.LowWatermark}
+			results, inv = []kpd.PublishResult{}, &kpd.Inventory{Device: device, Suites: []kpd.SuiteInventory{}, LowWatermark: db.opts.reportedLowWatermark()}
 			return nil
 		}
 		if results, err = t.publishApply(did, device, dev, kps, refs, fresh); err != nil {

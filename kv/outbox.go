@@ -22,7 +22,8 @@ const DefaultEventsLimit = 100
 //
 //   - kpd.EventKeyPackagesLow when a device's available count of a suite
 //     (regular KeyPackages) goes from above Options.LowWatermark to at or
-//     below it, and kpd.EventKeyPackagesExhausted when it goes from one or
+//     below it (never with LowWatermarkOff), and
+//     kpd.EventKeyPackagesExhausted when it goes from one or
 //     more to zero, by a claim, a delete, a sync or the sweeper: once per
 //     crossing, compared between the device record before and after the
 //     transaction (txn.saveDevice), so claims below the watermark do not
@@ -68,6 +69,7 @@ func (t *txn) watermarkEvents(did, device string, old, next *deviceRecord) error
 			typ   string
 			fired bool
 		}{
+			// A negative watermark (LowWatermarkOff) is never reached.
 			{kpd.EventKeyPackagesLow, was > lw && is <= lw},
 			{kpd.EventKeyPackagesExhausted, was > 0 && is == 0},
 		} {

@@ -109,6 +109,33 @@ func TestWatermarkEvents(t *testing.T) {
 	wantEvents(t, "device deletion", e.newEvents(t, &seq))
 }
 
+// TestLowWatermarkOff: with LowWatermarkOff no key_packages.low event
+// fires, by claim or by delete, key_packages.exhausted still does, and
+// inventories report a watermark of 0.
+func TestLowWatermarkOff(t *testing.T) {
+	e := outbox(t, func(o *Options) { o.LowWatermark = LowWatermarkOff })
+	var seq uint64
+	res, inv, err := e.Publish(e.ctx, bob, "phone", []kpd.KeyPackage{e.newKP(1), e.newKP(1)})
+	if err != nil || len(res) != 2 {
+		t.Fatalf("publish: %v, %v", res, err)
+	}
+	if inv.LowWatermark != 0 {
+		t.Fatalf("publish reports a low watermark of %d, want 0", inv.LowWatermark)
+	}
+	e.claimOne(t, alice, bob, "phone", 1)
+	e.claimOne(t, alice, bob, "phone", 1)
+	wantEvents(t, "claims to 0", e.newEvents(t, &seq), "key_packages.exhausted phone 1 0")
+
+	e.publishN(t, bob, "phone", 1, 20)
+	if _, _, err := e.DeleteKeyPackages(e.ctx, bob, "phone", nil); err != nil {
+		t.Fatal(err)
+	}
+	wantEvents(t, "delete all", e.newEvents(t, &seq), "key_packages.exhausted phone 1 0")
+	if inv, _ := e.inventory(t, bob, "phone"); inv.LowWatermark != 0 {
+		t.Fatalf("inventory reports a low watermark of %d, want 0", inv.LowWatermark)
+	}
+}
+
 // TestEventsInTheSameTransaction: an all_or_nothing claim that fails
 // writes nothing, events included.
 func TestEventsInTheSameTransaction(t *testing.T) {

@@ -456,5 +456,5 @@ func (t *txn) inventory(did, device string, d *deviceRecord) (*kpd.Inventory, er
 	if err != nil {
 		return nil, err
 	}
-	return &kpd.Inventory{Device: device, Suites: s, LowWatermark: t.opts.LowWatermark}, nil
+	return &kpd.Inventory{Device: device, Suites: s, LowWatermark: t.opts.reportedLowWatermark()}, nil
 }

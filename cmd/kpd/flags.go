@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -122,4 +123,56 @@ func (l *listValue) Set(s string) error {
 		}
 	}
 	return nil
+}
+
+// sizeValue is a byte-size flag: a number of bytes, optionally with a
+// binary unit (B, KiB, MiB, GiB, TiB; any case), e.g. 512MiB.
+type sizeValue int
+
+// sizeUnits are the units of sizeValue, largest first.
+var sizeUnits = []struct {
+	suffix string
+	shift  uint
+}{{"TiB", 40}, {"GiB", 30}, {"MiB", 20}, {"KiB", 10}, {"B", 0}}
+
+func (v *sizeValue) String() string { return formatSize(int(*v)) }
+
+func (v *sizeValue) Set(s string) error {
+	n, err := parseSize(s)
+	if err != nil {
+		return err
+	}
+	*v = sizeValue(n)
+	return nil
+}
+
+func parseSize(s string) (int, error) {
+	num, shift := strings.TrimSpace(s), uint(0)
+	for _, u := range sizeUnits {
+		if len(num) > len(u.suffix) && strings.EqualFold(num[len(num)-len(u.suffix):], u.suffix) {
+			num, shift = strings.TrimSpace(num[:len(num)-len(u.suffix)]), u.shift
+			break
+		}
+	}
+	n, err := strconv.ParseUint(num, 10, 64)
+	if err != nil || n > math.MaxInt>>shift {
+		return 0, fmt.Errorf("invalid size %q: want a number of bytes, optionally with KiB, MiB, GiB or TiB (e.g. 512MiB)", s)
+	}
+	return int(n << shift), nil
+}
+
+// formatSize writes n in the largest unit that divides it.
+func formatSize(n int) string {
+	for _, u := range sizeUnits {
+		if n != 0 && int64(n)%(int64(1)<<u.shift) == 0 {
+			return strconv.Itoa(n>>u.shift) + u.suffix
+		}
+	}
+	return "0"
+}
+
+// sizeVar defines a size flag stored in p with a default value.
+func sizeVar(fs *flag.FlagSet, p *int, name string, value int, usage string) {
+	*p = value
+	fs.Var((*sizeValue)(p), name, usage)
 }

@@ -236,6 +236,14 @@ func TestServeOperationsFlags(t *testing.T) {
 		{"secret twice", []string{"--webhook-url", "http://127.0.0.1:9/hook", "--webhook-secret", webhookSecret,
 			"--webhook-secret-file", secretFile}, "not both"},
 		{"sweep interval", []string{"--sweep-interval", "0"}, "--sweep-interval"},
+		{"webhook max age", []string{"--webhook-max-age", "-1h"}, "-webhook-max-age"},
+		{"outbox cap zero", []string{"--max-outbox", "0"}, "--max-outbox 0: want at least 1"},
+		{"outbox cap not a number", []string{"--max-outbox", "many"}, "-max-outbox"},
+		{"mmap size unit", []string{"--mmap-size", "2GB"}, "-mmap-size"},
+		{"mmap size negative", []string{"--mmap-size", "-1"}, "-mmap-size"},
+		{"mmap size too large", []string{"--mmap-size", "9223372036854775807KiB"}, "-mmap-size"},
+		{"low watermark negative", []string{"--low-watermark", "-1"}, "-low-watermark"},
+		{"low watermark word", []string{"--low-watermark", "none"}, "-low-watermark"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, _, _ := newMain(nil, fx.now)

@@ -40,7 +40,7 @@ type serveConfig struct {
 	clockSkew       time.Duration
 	identityCheck   bool
 	allowX509       bool
-	lowWatermark    int
+	lowWatermark    watermarkValue
 	maxAvailable    int
 	maxDevices      int
 	claimRetention  time.Duration
@@ -53,6 +53,8 @@ type serveConfig struct {
 	maxWaiters        int
 	metricsAddr       string
 	webhook           webhookFlags
+	maxOutbox         int
+	mmapSize          int
 
 	serviceDID   string
 	plcURL       string
@@ -83,7 +85,8 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	durationVar(fs, &c.clockSkew, "clock-skew", time.Hour, "how far in the future a KeyPackage's not_before may be")
 	fs.BoolVar(&c.identityCheck, "identity-check", true, "require each credential to name the publishing DID (false only for test vectors)")
 	fs.BoolVar(&c.allowX509, "allow-x509", false, "accept x509 credentials (their identity is not checked against the DID)")
-	fs.IntVar(&c.lowWatermark, "low-watermark", 10, "available KeyPackages per device and suite at or below which a device should replenish")
+	c.lowWatermark = kv.DefaultLowWatermark
+	fs.Var(&c.lowWatermark, "low-watermark", "`count` of available KeyPackages per device and suite at or below which a device should replenish (a key_packages.low event); off (or 0) turns the low events off")
 	fs.IntVar(&c.maxAvailable, "max-available", 200, "available KeyPackages per device and suite")
 	fs.IntVar(&c.maxDevices, "max-devices", 20, "devices per DID")
 	durationVar(fs, &c.claimRetention, "claim-retention", 30*24*time.Hour, "how long a claimed KeyPackage waits for its Welcome")
@@ -97,6 +100,54 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.maxWaiters, "max-waiters", httpapi.DefaultMaxWaiters, "Welcome listings that may wait (?wait=) at once; beyond, 503")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve GET /metrics on this `address` only, instead of on --listen")
 	c.webhook.register(fs)
+	fs.IntVar(&c.maxOutbox, "max-outbox", kv.DefaultMaxOutbox, "undelivered webhook events kept; beyond, the oldest are dropped")
+	sizeVar(fs, &c.mmapSize, "mmap-size", 0, "initial `size` of the database's memory map, e.g. 2GiB (0 = bbolt's default); presize it to the expected file size so that writers never wait for a long snapshot")
+}
+
+// storeOptions returns the store options of the flags, with the given
+// clock and observer, writing events when outbox is set.
+func (c *serveConfig) storeOptions(clock kpd.Clock, observer kv.Observer, outbox bool) (*kv.Options, error) {
+	if c.maxOutbox < 1 {
+		return nil, usageErrorf("--max-outbox %d: want at least 1", c.maxOutbox)
+	}
+	return &kv.Options{
+		Clock:                clock,
+		LowWatermark:         int(c.lowWatermark),
+		MaxAvailablePerSuite: c.maxAvailable,
+		MaxDevicesPerDID:     c.maxDevices,
+		ClaimRetention:       c.claimRetention,
+		ConsumedRetention:    c.consumedRetention,
+		WelcomeRetention:     c.welcomeRetention,
+		Outbox:               outbox,
+		MaxOutbox:            c.maxOutbox,
+		InitialMmapSize:      c.mmapSize,
+		Observer:             observer,
+	}, nil
+}
+
+// watermarkValue is the --low-watermark flag: a count of KeyPackages, or
+// "off" (also 0) for kv.LowWatermarkOff.
+type watermarkValue int
+
+func (w *watermarkValue) String() string {
+	if int(*w) == kv.LowWatermarkOff {
+		return "off"
+	}
+	return strconv.Itoa(int(*w))
+}
+
+func (w *watermarkValue) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if s == "off" || s == "0" {
+		*w = kv.LowWatermarkOff
+		return nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return fmt.Errorf("%q: want a number of KeyPackages, or off", s)
+	}
+	*w = watermarkValue(n)
+	return nil
 }
 
 // serve opens the database, binds the listener and starts serving in the
@@ -152,17 +203,11 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 		hook.Observer = met.WebhookDelivery
 		observer = wakingObserver{Metrics: met, wake: hook.Notify}
 	}
-	db, err := kv.Open(c.db, &kv.Options{
-		Clock:                m.Clock,
-		LowWatermark:         c.lowWatermark,
-		MaxAvailablePerSuite: c.maxAvailable,
-		MaxDevicesPerDID:     c.maxDevices,
-		ClaimRetention:       c.claimRetention,
-		ConsumedRetention:    c.consumedRetention,
-		WelcomeRetention:     c.welcomeRetention,
-		Outbox:               hook != nil,
-		Observer:             observer,
-	})
+	storeOpts, err := c.storeOptions(m.Clock, observer, hook != nil)
+	if err != nil {
+		return err
+	}
+	db, err := kv.Open(c.db, storeOpts)
 	if err != nil {
 		return err
 	}
@@ -407,7 +452,7 @@ func (f *webhookFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.url, "webhook-url", "", "POST every event (low and exhausted pools, last resorts, new Welcomes) to this `URL`; off when empty")
 	fs.StringVar(&f.secret, "webhook-secret", "", "`secret` (at least 16 characters) that signs webhook requests (prefer --webhook-secret-file or KPD_WEBHOOK_SECRET: a flag shows in ps)")
 	fs.StringVar(&f.secretFile, "webhook-secret-file", "", "read the webhook secret from this `file` (surrounding white space ignored)")
-	durationVar(fs, &f.maxAge, "webhook-max-age", defaultWebhookMaxAge, "give an event up (delete it undelivered) when an attempt fails and it is older than this (0 = retry for ever)")
+	durationVar(fs, &f.maxAge, "webhook-max-age", defaultWebhookMaxAge, "give a webhook event up (delete it undelivered) when an attempt fails and it is older than this `duration` (0 = retry for ever)")
 }
 
 // dispatcher returns the webhook dispatcher of the flags, without its

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/client"
+	"github.com/kpd-dir/kpd/kv"
+	"github.com/kpd-dir/kpd/mls"
+	"github.com/kpd-dir/kpd/mls/mlstest"
+)
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int{
+		"0": 0, "4096": 4096, "512MiB": 512 << 20, "2GiB": 2 << 30, "2 gib": 2 << 30, "64KiB": 64 << 10,
+		"1TiB": 1 << 40, "100B": 100, " 3MiB ": 3 << 20,
+	} {
+		got, err := parseSize(in)
+		if err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "-1", "1.5GiB", "2GB", "2G", "lots", "9223372036854775808", "8388608TiB"} {
+		if n, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) = %d, want an error", in, n)
+		}
+	}
+	for n, want := range map[int]string{0: "0", 100: "100B", 3 << 20: "3MiB", 2<<30 + 1<<20: "2049MiB", 1 << 40: "1TiB"} {
+		if got := formatSize(n); got != want {
+			t.Errorf("formatSize(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+// serveConfigOf parses the flags of `kpd serve` from args and env.
+func serveConfigOf(t *testing.T, args []string, env map[string]string) *serveConfig {
+	t.Helper()
+	var c serveConfig
+	fs := newFlagSet("serve", io.Discard, "serve [flags]")
+	c.register(fs)
+	if err := parseFlags(fs, args, func(k string) string { return env[k] }); err != nil {
+		t.Fatalf("flags %v, environment %v: %v", args, env, err)
+	}
+	return &c
+}
+
+// The store and webhook flags reach kv.Options and the dispatcher, from
+// the command line or the environment.
+func TestServeStoreAndWebhookOptions(t *testing.T) {
+	webhookArgs := []string{"--webhook-url", "http://127.0.0.1:9/hook", "--webhook-secret", webhookSecret}
+	for _, tc := range []struct {
+		name         string
+		args         []string
+		env          map[string]string
+		lowWatermark int
+		maxOutbox    int
+		mmapSize     int
+		maxAge       time.Duration
+	}{
+		{"defaults", nil, nil, kv.DefaultLowWatermark, kv.DefaultMaxOutbox, 0, 24 * time.Hour},
+		{"flags", []string{"--low-watermark", "off", "--max-outbox", "5000", "--mmap-size", "512MiB", "--webhook-max-age", "90m"}, nil,
+			kv.LowWatermarkOff, 5000, 512 << 20, 90 * time.Minute},
+		{"environment", nil, map[string]string{"KPD_LOW_WATERMARK": "0", "KPD_MAX_OUTBOX": "7", "KPD_MMAP_SIZE": "2GiB",
+			"KPD_WEBHOOK_MAX_AGE": "0"}, kv.LowWatermarkOff, 7, 2 << 30, 0},
+		{"a watermark", []string{"--low-watermark", "3", "--mmap-size", "1048576"}, nil, 3, kv.DefaultMaxOutbox, 1 << 20, 24 * time.Hour},
+		{"flags over environment", []string{"--low-watermark", "25"}, map[string]string{"KPD_LOW_WATERMARK": "off"},
+			25, kv.DefaultMaxOutbox, 0, 24 * time.Hour},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := serveConfigOf(t, append(slices.Clone(webhookArgs), tc.args...), tc.env)
+			opts, err := c.storeOptions(nil, nil, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if opts.LowWatermark != tc.lowWatermark || opts.MaxOutbox != tc.maxOutbox || opts.InitialMmapSize != tc.mmapSize || !opts.Outbox {
+				t.Errorf("store options: low watermark %d, max outbox %d, mmap size %d, outbox %t; want %d, %d, %d, true",
+					opts.LowWatermark, opts.MaxOutbox, opts.InitialMmapSize, opts.Outbox, tc.lowWatermark, tc.maxOutbox, tc.mmapSize)
+			}
+			d, err := c.webhook.dispatcher(nil, zerolog.Nop())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.MaxAge != tc.maxAge {
+				t.Errorf("webhook max age %v, want %v", d.MaxAge, tc.maxAge)
+			}
+		})
+	}
+}
+
+// refusingSink is a webhook receiver that refuses every event (503) and
+// records the types it was offered.
+type refusingSink struct {
+	mu      sync.Mutex
+	offered []string
+}
+
+func (s *refusingSink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var ev kpd.Event
+	if err := json.NewDecoder(r.Body).Decode(&ev); err == nil {
+		s.mu.Lock()
+		s.offered = append(s.offered, ev.Type)
+		s.mu.Unlock()
+	}
+	w.WriteHeader(http.StatusServiceUnavailable)
+}
+
+func (s *refusingSink) types() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.offered)
+}
+
+// TestServeStoreFlags runs kpd serve with low events off and an outbox of
+// one event, from the environment: inventories report no watermark,
+// draining a pool writes only key_packages.exhausted, and a second event
+// pushes the first out of the full outbox.
+func TestServeStoreFlags(t *testing.T) {
+	fx := loadFixture(t)
+	sink := &refusingSink{}
+	receiver := httptest.NewServer(sink)
+	t.Cleanup(receiver.Close)
+	m, _, _ := newMain(map[string]string{"KPD_LOW_WATERMARK": "off", "KPD_MAX_OUTBOX": "1",
+		"KPD_WEBHOOK_SECRET": webhookSecret}, fx.now)
+	url := startServe(t, m, "--db", filepath.Join(t.TempDir(), "flags.db"), "--listen", "127.0.0.1:0",
+		"--auth", "dev", "--webhook-url", receiver.URL, "--metrics-addr", "127.0.0.1:0")
+	metricsURL := "http://" + m.MetricsAddr() + "/metrics"
+	ctx := context.Background()
+	alice, bob := client.New(url, aliceDID), client.New(url, bobDID)
+
+	res, err := alice.Publish(ctx, "dev1", [][]byte{fx.keyPackage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Inventory.LowWatermark != 0 {
+		t.Errorf("inventory low watermark %d, want 0 with --low-watermark off", res.Inventory.LowWatermark)
+	}
+	if _, err := bob.Claim(ctx, client.ClaimRequest{CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: aliceDID}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the exhausted event to be offered", func() bool { return len(sink.types()) > 0 })
+	_, body := httpGet(t, metricsURL, "")
+	if !strings.Contains(body, "kpd_webhook_pending_events 1") || !strings.Contains(body, "kpd_webhook_dropped_events_total 0") {
+		t.Fatalf("after the claim, want one pending event and none dropped:\n%s", grepLines(body, "kpd_webhook_"))
+	}
+
+	suite, _ := mls.NewRegistry().Lookup(1)
+	ref, _ := fx.ref.Bytes()
+	welcome, err := mlstest.Welcome(suite, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.PostWelcome(ctx, "convo", welcome); err != nil {
+		t.Fatal(err)
+	}
+	_, body = httpGet(t, metricsURL, "")
+	if !strings.Contains(body, "kpd_webhook_pending_events 1") || !strings.Contains(body, "kpd_webhook_dropped_events_total 1") {
+		t.Fatalf("after the Welcome, want one pending event and one dropped:\n%s", grepLines(body, "kpd_webhook_"))
+	}
+	waitFor(t, "the Welcome's event to be offered", func() bool {
+		return slices.Contains(sink.types(), kpd.EventWelcomePending)
+	})
+	for _, typ := range sink.types() {
+		if typ != kpd.EventKeyPackagesExhausted && typ != kpd.EventWelcomePending {
+			t.Fatalf("offered events %v, want only %s and %s", sink.types(), kpd.EventKeyPackagesExhausted, kpd.EventWelcomePending)
+		}
+	}
+}
+
+// grepLines returns the lines of text that contain substr.
+func grepLines(text, substr string) string {
+	var out []string
+	for line := range strings.Lines(text) {
+		if strings.Contains(line, substr) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "")
+}
