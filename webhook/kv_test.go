@@ -261,8 +261,8 @@ func TestDispatcherGivesUpOldEvents(t *testing.T) {
 		}
 	}
 	if len(drops) != 1 || drops[0]["event_id"] != f.a1.ID || drops[0]["type"] != f.a1.Type ||
-		drops[0]["age"] != float64((maxAge+time.Second)/time.Millisecond) {
-		t.Fatalf("error lines %v, want one for the drop of %s with its type and age", drops, f.a1.ID)
+		drops[0]["age"] != float64((maxAge+time.Second)/time.Millisecond) || drops[0]["max_age"] != float64(maxAge/time.Millisecond) {
+		t.Fatalf("error lines %v, want one for the drop of %s with its type, age and the maximum age", drops, f.a1.ID)
 	}
 	if out := f.logs.String(); strings.Contains(out, secretString) || strings.Contains(out, `"seq"`) {
 		t.Fatalf("the log shows the secret or an event body:\n%s", out)

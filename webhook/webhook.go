@@ -91,8 +91,8 @@ type Dispatcher struct {
 	// event is deleted from the outbox undelivered, reported as
 	// OutcomeDropped, and its device's next event is attempted without
 	// waiting for a backoff. A receiver that refuses an event for ever
-	// then holds up its device's later events for MaxAge at most. 0 means
-	// never give up.
+	// then holds up its device's later events for little more than MaxAge
+	// (until the first attempt after it). 0 means never give up.
 	MaxAge time.Duration
 	// Logger receives a line per failed attempt (warn), per dropped event
 	// (error) and per delivered event (debug). It never sees the secret or
@@ -354,8 +354,9 @@ func (p *passes) drop(key deviceKey, ev kpd.Event, age time.Duration, err error)
 		Str("event_id", ev.ID).
 		Str("type", ev.Type).
 		Dur("age", age).
+		Dur("max_age", p.d.MaxAge).
 		Int("failures", failures).
-		Msg("webhook event dropped: older than the maximum age")
+		Msg("webhook event dropped")
 }
 
 func (d *Dispatcher) observe(outcome string) {

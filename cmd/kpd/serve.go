@@ -101,7 +101,7 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve GET /metrics on this `address` only, instead of on --listen")
 	c.webhook.register(fs)
 	fs.IntVar(&c.maxOutbox, "max-outbox", kv.DefaultMaxOutbox, "undelivered webhook events kept; beyond, the oldest are dropped")
-	sizeVar(fs, &c.mmapSize, "mmap-size", 0, "initial `size` of the database's memory map, e.g. 2GiB (0 = bbolt's default); presize it to the expected file size so that writers never wait for a long snapshot")
+	sizeVar(fs, &c.mmapSize, "mmap-size", 0, "initial `size` of the database's memory map, e.g. 2GiB (0 = bbolt's default); presize it to the expected file size so that writes to a growing file need not wait for a long snapshot")
 }
 
 // storeOptions returns the store options of the flags, with the given
