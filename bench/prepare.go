@@ -147,7 +147,12 @@ func (r *runner) withWelcomes() bool {
 }
 
 // generate makes every device's KeyPackages (and Welcomes, if the scenario
-// posts them) in parallel, one signing key per device.
+// posts them) in parallel, one signing key per device. A device's
+// KeyPackages share a lifetime, and each device's ends a second after the
+// previous device's, as KeyPackages that devices made at different times
+// do: were every lifetime the same, the store's expiry index (ordered by
+// not_after, then ref) would take every publish's KeyPackages at random
+// places, which no real mix of clients does.
 func (r *runner) generate(ctx context.Context) error {
 	var devices []*device
 	for _, w := range r.workers {
@@ -171,7 +176,7 @@ func (r *runner) generate(ctx context.Context) error {
 			bare, ref, err := mlstest.KeyPackage(r.suite, mlstest.Options{
 				Identity:  d.did,
 				NotBefore: now.Add(-time.Hour),
-				NotAfter:  now.Add(30 * 24 * time.Hour),
+				NotAfter:  now.Add(30*24*time.Hour + time.Duration(i)*time.Second),
 				Signer:    signer,
 			})
 			if err != nil {
