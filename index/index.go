@@ -56,6 +56,13 @@ func KeyPackage(did, device string, suite uint16, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(DeviceSuite(did, device, suite), seq)
 }
 
+// DeviceRef returns the key (DID, device, ref) under which schema 3 listed a
+// device's KeyPackages (its device_key_packages bucket, which the migration
+// to schema 4 reads).
+func DeviceRef(did, device string, ref []byte) []byte {
+	return append(Device(did, device), ref...)
+}
+
 // Delivery returns the key (DID, device, welcome id) of a Welcome delivery.
 func Delivery(did, device, welcomeID string) []byte {
 	return appendString(Device(did, device), welcomeID)
@@ -94,6 +101,14 @@ func DecodeKeyPackage(k []byte) (did, device string, suite uint16, seq uint64, e
 	r := reader{b: k}
 	did, device, suite, seq = r.string(), r.string(), r.uint16(), r.uint64()
 	return did, device, suite, seq, r.end("KeyPackage")
+}
+
+// DecodeDeviceRef decodes a DeviceRef key; the ref must not be empty. The
+// returned ref aliases k.
+func DecodeDeviceRef(k []byte) (did, device string, ref []byte, err error) {
+	r := reader{b: k}
+	did, device, ref = r.string(), r.string(), r.rest()
+	return did, device, ref, r.end("device ref")
 }
 
 // DecodeDelivery decodes a Delivery key.

@@ -11,6 +11,7 @@ import (
 
 func TestRoundTrip(t *testing.T) {
 	longDID := "did:web:" + strings.Repeat("x", 2040)
+	ref := bytes.Repeat([]byte{0xab}, 32)
 	cases := []struct {
 		name   string
 		did    string
@@ -37,6 +38,10 @@ func TestRoundTrip(t *testing.T) {
 			did, device, suite, seq, err := DecodeKeyPackage(KeyPackage(c.did, c.device, c.suite, c.seq))
 			if err != nil || did != c.did || device != c.device || suite != c.suite || seq != c.seq {
 				t.Errorf("KeyPackage: got %q %q %d %d %v", did, device, suite, seq, err)
+			}
+			did, device, gotRef, err := DecodeDeviceRef(DeviceRef(c.did, c.device, ref))
+			if err != nil || did != c.did || device != c.device || !bytes.Equal(gotRef, ref) {
+				t.Errorf("DeviceRef: got %q %q %x %v", did, device, gotRef, err)
 			}
 			did, device, wid, err := DecodeDelivery(Delivery(c.did, c.device, c.wid))
 			if err != nil || did != c.did || device != c.device || wid != c.wid {
@@ -138,6 +143,7 @@ func TestPrefixesAreUnambiguous(t *testing.T) {
 		{"suite of KeyPackage", DeviceSuite("did:a:b", "d", 3), KeyPackage("did:a:b", "d", 3, 9)},
 		{"device of delivery", Device("did:a:b", "d"), Delivery("did:a:b", "d", "w")},
 		{"device of pending", Device("did:a:b", "d"), Pending("did:a:b", "d", 1)},
+		{"device of ref", Device("did:a:b", "d"), DeviceRef("did:a:b", "d", []byte{1})},
 	}
 	for _, c := range must {
 		if !bytes.HasPrefix(c.key, c.prefix) {
@@ -162,6 +168,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"KeyPackage truncated", decodeKeyPackage, valid[:len(valid)-1]},
 		{"KeyPackage trailing", decodeKeyPackage, append(valid, 0)},
 		{"device suite short", decodeDeviceSuite, append(Device("a", "b"), 1)},
+		{"device ref without ref", decodeDeviceRef, Device("a", "b")},
 		{"delivery without id", decodeDelivery, Device("a", "b")},
 		{"pending short", decodePending, append(Device("a", "b"), 1, 2, 3)},
 		{"time short", decodeTimeRef, make([]byte, TimeLen-1)},
@@ -184,6 +191,7 @@ var decoders = map[string]func([]byte) error{
 	"device":      decodeDevice,
 	"deviceSuite": decodeDeviceSuite,
 	"keyPackage":  decodeKeyPackage,
+	"deviceRef":   decodeDeviceRef,
 	"delivery":    decodeDelivery,
 	"pending":     decodePending,
 	"timeRef":     decodeTimeRef,
@@ -203,6 +211,11 @@ func decodeDeviceSuite(b []byte) error {
 func decodeKeyPackage(b []byte) error {
 	did, device, suite, seq, err := DecodeKeyPackage(b)
 	return reencoded(err, b, func() []byte { return KeyPackage(did, device, suite, seq) })
+}
+
+func decodeDeviceRef(b []byte) error {
+	did, device, ref, err := DecodeDeviceRef(b)
+	return reencoded(err, b, func() []byte { return DeviceRef(did, device, ref) })
 }
 
 func decodeDelivery(b []byte) error {
@@ -245,6 +258,7 @@ func reencoded(err error, in []byte, encode func() []byte) error {
 func FuzzDecodeKeys(f *testing.F) {
 	f.Add(Device("did:plc:abc", "phone"))
 	f.Add(KeyPackage("did:plc:abc", "phone", 1, 42))
+	f.Add(DeviceRef("did:plc:abc", "phone", []byte{1, 2}))
 	f.Add(Delivery("did:plc:abc", "phone", "w1"))
 	f.Add(TimeRef(time.Unix(1_800_000_000, 5), []byte{9}))
 	f.Add([]byte{0x81, 0x00})
