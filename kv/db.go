@@ -129,6 +129,15 @@ type Options struct {
 	// snapshot), writers wait until the read ends; a map larger than the
 	// file avoids that. It reserves address space, not memory.
 	InitialMmapSize int
+	// MigrationProgress, if set, is called by an Open that migrates a
+	// schema 3 database after each of the transactions that move its
+	// KeyPackages (at most 20,000 each, see migrateToV4): moved counts
+	// the KeyPackages this Open has moved so far, total those that were
+	// left to move when it began (fewer than the database holds if an
+	// earlier Open was interrupted part way). The last call has moved
+	// equal to total. Open calls it from its own goroutine and waits for
+	// it.
+	MigrationProgress func(moved, total int)
 	// NoSync skips fsync after commits: for tests and benchmarks only, a
 	// crash can then lose or corrupt data.
 	NoSync bool
@@ -225,14 +234,23 @@ const schemaVersion = 4
 // the transaction that opens it.
 type migration func(tx *bolt.Tx) error
 
-// migrations[v] upgrades schema version v to v+1. Open runs every step a
-// database needs, in one transaction: it is upgraded completely or not at
-// all.
-var migrations = map[uint64]migration{1: migrateToV2, 2: migrateToV3, 3: migrateToV4}
+// migrations[v] upgrades schema version v to v+1 inside the opening
+// transaction: Open runs every step a database needs up to schema 3 in
+// that one transaction, so it gets there completely or not at all. The
+// upgrade from schema 3 to 4 moves every KeyPackage and runs in bounded
+// transactions of its own after the opening one (migrateToV4).
+var migrations = map[uint64]migration{1: migrateToV2, 2: migrateToV3}
 
 // Open opens (creating if needed) the database at path. It creates the
 // buckets, records the schema version and runs pending migrations. If
 // another process holds the file for OpenTimeout, the error wraps ErrInUse.
+//
+// A read-only Open refuses a database of another schema version. A
+// read-write Open of a schema 3 database moves its KeyPackages to the
+// schema 4 layout in transactions of at most 20,000 KeyPackages (reporting
+// to Options.MigrationProgress): if it is interrupted, the file stays at
+// schema 3, with every committed transaction's KeyPackages moved, and the
+// next read-write Open carries on from there.
 func Open(path string, opts *Options) (*DB, error) {
 	o := opts.withDefaults()
 	bdb, err := openBolt(path, o)
@@ -245,18 +263,39 @@ func Open(path string, opts *Options) (*DB, error) {
 	if o.ReadOnly {
 		err = bdb.View(checkSchema)
 	} else {
-		err = bdb.Update(func(tx *bolt.Tx) error {
-			if err := initSchema(tx, schemaVersion, migrations); err != nil {
-				return err
-			}
-			return ensureStats(tx)
-		})
+		err = upgrade(bdb, o.MigrationProgress)
 	}
 	if err != nil {
 		bdb.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	return &DB{bolt: bdb, opts: o, commit: newCommitter(bdb, o.MaxBatchSize, o.MaxBatchDelay)}, nil
+}
+
+// upgrade brings a database opened read-write to the current schema: the
+// opening transaction creates missing buckets and runs the migrations up
+// to schema 3; a schema 3 database then migrates to schema 4 in
+// transactions of its own. Either way the last transaction makes sure of
+// the store-wide counters (ensureStats).
+func upgrade(bdb *bolt.DB, progress func(moved, total int)) error {
+	var v uint64
+	err := bdb.Update(func(tx *bolt.Tx) error {
+		var err error
+		if v, err = initSchema(tx, schemaVersion, migrations); err != nil || v != schemaVersion {
+			return err
+		}
+		return ensureStats(tx)
+	})
+	switch {
+	case err != nil || v == schemaVersion:
+		return err
+	case v != 3:
+		return fmt.Errorf("no migration from schema version %d", v)
+	}
+	if err := migrateToV4(bdb, progress); err != nil {
+		return fmt.Errorf("migrate schema 3 to 4: %w", err)
+	}
+	return nil
 }
 
 // openBolt opens the bbolt file at path. bbolt locks the file it opened,
@@ -314,41 +353,40 @@ func sameFile(f *os.File, path string) (bool, error) {
 }
 
 // initSchema creates missing buckets and brings the schema version of a
-// database to target, running steps.
-func initSchema(tx *bolt.Tx, target uint64, steps map[uint64]migration) error {
+// database towards target, running steps until it reaches target or a
+// version steps cannot upgrade. It returns the version the database is at
+// then: target for a new database.
+func initSchema(tx *bolt.Tx, target uint64, steps map[uint64]migration) (uint64, error) {
 	fresh := tx.Bucket(bucketMeta) == nil
 	if k, _ := tx.Cursor().First(); fresh && k != nil {
-		return fmt.Errorf("not a kpd database (has bucket %q but no %q)", k, bucketMeta)
+		return 0, fmt.Errorf("not a kpd database (has bucket %q but no %q)", k, bucketMeta)
 	}
 	for _, name := range allBuckets {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-			return fmt.Errorf("create bucket %s: %w", name, err)
+			return 0, fmt.Errorf("create bucket %s: %w", name, err)
 		}
 	}
 	meta := tx.Bucket(bucketMeta)
 	if fresh {
-		return meta.Put(keySchemaVersion, index.Uint64(target))
+		return target, meta.Put(keySchemaVersion, index.Uint64(target))
 	}
-	v, err := readSchemaVersion(tx)
+	from, err := readSchemaVersion(tx)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if v > target {
-		return fmt.Errorf("schema version %d is newer than this kpd's %d", v, target)
+	if from > target {
+		return 0, fmt.Errorf("schema version %d is newer than this kpd's %d", from, target)
 	}
-	if v == target {
-		return nil
-	}
-	for ; v < target; v++ {
-		step, ok := steps[v]
-		if !ok {
-			return fmt.Errorf("no migration from schema version %d", v)
-		}
-		if err := step(tx); err != nil {
-			return fmt.Errorf("migrate schema %d to %d: %w", v, v+1, err)
+	v := from
+	for ; v < target && steps[v] != nil; v++ {
+		if err := steps[v](tx); err != nil {
+			return 0, fmt.Errorf("migrate schema %d to %d: %w", v, v+1, err)
 		}
 	}
-	return meta.Put(keySchemaVersion, index.Uint64(target))
+	if v == from {
+		return v, nil
+	}
+	return v, meta.Put(keySchemaVersion, index.Uint64(v))
 }
 
 // checkSchema verifies, without writing, that a database is kpd's and of the

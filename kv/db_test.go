@@ -207,9 +207,17 @@ func TestSchema(t *testing.T) {
 	}
 	defer bdb.Close()
 	update := func(fn func(tx *bolt.Tx) error) error { return bdb.Update(fn) }
+	// initTo runs initSchema in a write transaction.
+	initTo := func(target uint64, steps map[uint64]migration) (v uint64, err error) {
+		err = update(func(tx *bolt.Tx) error {
+			v, err = initSchema(tx, target, steps)
+			return err
+		})
+		return v, err
+	}
 
-	if err := update(func(tx *bolt.Tx) error { return initSchema(tx, 1, nil) }); err != nil {
-		t.Fatalf("fresh database: %v", err)
+	if v, err := initTo(1, nil); err != nil || v != 1 {
+		t.Fatalf("fresh database: %d, %v", v, err)
 	}
 	// Upgrades run each step in order, in the opening transaction.
 	var ran []uint64
@@ -220,24 +228,28 @@ func TestSchema(t *testing.T) {
 		},
 		2: func(tx *bolt.Tx) error { ran = append(ran, 2); return nil },
 	}
-	if err := update(func(tx *bolt.Tx) error { return initSchema(tx, 3, steps) }); err != nil {
-		t.Fatal(err)
+	if v, err := initTo(3, steps); err != nil || v != 3 {
+		t.Fatalf("upgrade to 3: %d, %v", v, err)
 	}
 	if !slices.Equal(ran, []uint64{1, 2}) {
 		t.Fatalf("ran %v, want steps 1 and 2", ran)
 	}
-	bdb.View(func(tx *bolt.Tx) error {
-		if v, _ := index.DecodeUint64(tx.Bucket(bucketMeta).Get(keySchemaVersion)); v != 3 {
-			t.Errorf("schema version = %d, want 3", v)
-		}
-		return nil
-	})
+	wantVersion := func(want uint64) {
+		t.Helper()
+		bdb.View(func(tx *bolt.Tx) error {
+			if v, _ := index.DecodeUint64(tx.Bucket(bucketMeta).Get(keySchemaVersion)); v != want {
+				t.Errorf("schema version = %d, want %d", v, want)
+			}
+			return nil
+		})
+	}
+	wantVersion(3)
 	// A failing step leaves the database as it was.
 	fail := map[uint64]migration{3: func(tx *bolt.Tx) error {
 		tx.Bucket(bucketMeta).Put([]byte("half"), []byte{1})
 		return errors.New("boom")
 	}}
-	if err := update(func(tx *bolt.Tx) error { return initSchema(tx, 4, fail) }); err == nil {
+	if _, err := initTo(4, fail); err == nil {
 		t.Fatal("failing migration succeeded")
 	}
 	bdb.View(func(tx *bolt.Tx) error {
@@ -246,10 +258,14 @@ func TestSchema(t *testing.T) {
 		}
 		return nil
 	})
-	if err := update(func(tx *bolt.Tx) error { return initSchema(tx, 5, steps) }); err == nil {
-		t.Fatal("a missing migration step went unnoticed")
+	// The steps stop at a version they cannot upgrade, which is left as
+	// it is (the caller runs the migrations that need transactions of
+	// their own, or fails).
+	if v, err := initTo(5, steps); err != nil || v != 3 {
+		t.Fatalf("upgrade to 5 without a step from 3: %d, %v; want 3", v, err)
 	}
-	if err := update(func(tx *bolt.Tx) error { return initSchema(tx, 2, nil) }); err == nil {
+	wantVersion(3)
+	if _, err := initTo(2, nil); err == nil {
 		t.Fatal("a newer schema was accepted")
 	}
 	// This kpd (an older schema) refuses a newer file, read-write and
@@ -265,6 +281,17 @@ func TestSchema(t *testing.T) {
 	}
 	if _, err := Open(path, &Options{ReadOnly: true}); err == nil {
 		t.Fatal("read-only open of a newer schema succeeded")
+	}
+	// Nor does it open a version it has no way up from.
+	if bdb, err = bolt.Open(path, 0o600, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keySchemaVersion, index.Uint64(0)) }); err != nil {
+		t.Fatal(err)
+	}
+	bdb.Close()
+	if _, err := Open(path, nil); err == nil || !strings.Contains(err.Error(), "no migration from schema version 0") {
+		t.Fatalf("open of schema version 0: %v", err)
 	}
 
 	// A bbolt file of something else is not adopted.

@@ -3,7 +3,6 @@ package kv
 import (
 	"bytes"
 	"fmt"
-	"slices"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -90,6 +89,19 @@ func migrateToV3(tx *bolt.Tx) error {
 	return (&txn{tx: tx}).moveEntries(nil, entries)
 }
 
+// migrateBatch is the most KeyPackages one transaction of the migration to
+// schema 4 moves. bbolt keeps a transaction's dirty pages in memory until
+// it commits; a batch dirties about a page of kps per dozen KeyPackages
+// and up to a page of key_packages and of refs per KeyPackage, some 100 MB
+// at most, however large the database.
+var migrateBatch = 20_000
+
+// beforeMigrateCommit, when set (by tests only), is called before each
+// write transaction of the migration to schema 4 commits: with the number
+// of batches this Open committed before, and final set for the last
+// transaction. An error rolls the transaction back and fails Open.
+var beforeMigrateCommit func(batch int, final bool) error
+
 // migrateToV4 upgrades a schema 3 database to the device-local layout:
 // every KeyPackage record moves from key_packages, keyed by its ref, to kps,
 // keyed by (DID, device, suite, seq), with its ref in the record and its
@@ -101,61 +113,162 @@ func migrateToV3(tx *bolt.Tx) error {
 // The other indexes name KeyPackages by ref, as before, and the counters
 // do not change.
 //
-// Both new buckets are filled in key order: bbolt splits pages only when
-// a transaction commits, so keys put in random order into a new bucket
-// would each shift a node holding every key before them (quadratic in the
-// number of KeyPackages). A first pass reads key_packages in its (ref)
-// order, which writes refs in order, warms the page cache for the second
-// pass and collects each record's new key; the second copies the records
-// to kps in the order of their new keys.
-func migrateToV4(tx *bolt.Tx) error {
-	t := &txn{tx: tx}
-	fillKPs(tx)
-	old, kps, refs := tx.Bucket(bucketKeyPackagesV3), tx.Bucket(bucketKPs), tx.Bucket(bucketRefs)
-	seq := old.Sequence()
-	// By index.DeviceSuite key: the lowest seq of an available regular
-	// KeyPackage, and one past the highest seq.
-	lowest, end := make(map[string]uint64), make(map[string]uint64)
-	type move struct{ key, ref []byte }
-	var moves []move
-	err := old.ForEach(func(k, v []byte) error {
-		var r kpRecord
-		if err := decode(v, &r); err != nil {
-			return fmt.Errorf("%s: %w", describeKey(bucketKeyPackagesV3, k), err)
-		}
-		m := move{r.key(), bytes.Clone(k)}
-		moves = append(moves, m)
-		seq = max(seq, r.Seq)
-		ds := string(index.DeviceSuite(r.DID, r.Device, r.Suite))
-		end[ds] = max(end[ds], r.Seq+1)
-		if a, _ := counts(&r); a > 0 {
-			if low, ok := lowest[ds]; !ok || r.Seq < low {
-				lowest[ds] = r.Seq
+// It runs after the transaction that opened the database, in transactions
+// of at most migrateBatch KeyPackages, so that its memory does not grow
+// with the database (bbolt holds every page a transaction dirties until
+// the commit). Each transaction moves the next KeyPackages that
+// device_key_packages lists, in its (DID, device, ref) order, which is
+// also the order of their new keys up to the device: kps grows at its end
+// and each batch dirties only its last pages. It deletes the moved records
+// and their device_key_packages entries in the same transaction. Once
+// that index is empty, records it did not list (there should be none) move
+// the same way, in ref order. The schema version stays 3 until the final
+// transaction, which sets the Heads, deletes the old buckets and records
+// schema 4: a migration interrupted at any point leaves a schema 3
+// database whose old buckets hold exactly what is left to move, and the
+// next Open carries on from there. progress, if not nil, hears after each
+// batch (see Options.MigrationProgress).
+func migrateToV4(bdb *bolt.DB, progress func(moved, total int)) error {
+	var total int
+	err := bdb.View(func(tx *bolt.Tx) error {
+		for _, name := range schema3Buckets {
+			if tx.Bucket(name) == nil {
+				return fmt.Errorf("bucket %s of schema 3 missing", name)
 			}
 		}
-		return refs.Put(m.ref, m.key)
+		if progress != nil {
+			total = tx.Bucket(bucketKeyPackagesV3).Stats().KeyN
+		}
+		return nil
 	})
 	if err != nil {
 		return err
 	}
-	slices.SortFunc(moves, func(a, b move) int { return bytes.Compare(a.key, b.key) })
-	for i, m := range moves {
-		if i > 0 && bytes.Equal(m.key, moves[i-1].key) {
-			return fmt.Errorf("KeyPackages %x and %x have the same key, %s", moves[i-1].ref, m.ref, describeKey(bucketKPs, m.key))
-		}
-		var r kpRecord
-		if err := decode(old.Get(m.ref), &r); err != nil {
-			return fmt.Errorf("%s: %w", describeKey(bucketKeyPackagesV3, m.ref), err)
-		}
-		r.Ref = m.ref
-		if err := t.put(bucketKPs, m.key, &r); err != nil {
+	moved, batch := 0, 0
+	for ; ; batch++ {
+		var left bool
+		var n int
+		err := bdb.Update(func(tx *bolt.Tx) error {
+			moves, err := nextV4Moves(tx, migrateBatch)
+			if left = len(moves) > 0; err != nil || !left {
+				return err
+			}
+			if n, err = moveToV4(tx, moves); err != nil {
+				return err
+			}
+			return hookMigrateCommit(batch, false)
+		})
+		if err != nil {
 			return err
 		}
+		if !left {
+			break
+		}
+		moved += n
+		if progress != nil {
+			progress(moved, total)
+		}
 	}
-	if err := kps.SetSequence(seq); err != nil {
+	return bdb.Update(func(tx *bolt.Tx) error {
+		if err := finishV4(tx); err != nil {
+			return err
+		}
+		return hookMigrateCommit(batch, true)
+	})
+}
+
+// hookMigrateCommit calls beforeMigrateCommit, if set.
+func hookMigrateCommit(batch int, final bool) error {
+	if beforeMigrateCommit == nil {
+		return nil
+	}
+	return beforeMigrateCommit(batch, final)
+}
+
+// v4Move is one KeyPackage left to move to schema 4: its ref, and the
+// device_key_packages key that lists it (nil for a record none lists).
+type v4Move struct{ ref, listed []byte }
+
+// nextV4Moves returns up to n KeyPackages left to move to schema 4: the
+// first that device_key_packages lists or, once it is empty, the first
+// records of key_packages. None means the move is done.
+func nextV4Moves(tx *bolt.Tx, n int) ([]v4Move, error) {
+	var moves []v4Move
+	c := tx.Bucket(bucketDeviceKPsV3).Cursor()
+	for k, _ := c.First(); k != nil && len(moves) < n; k, _ = c.Next() {
+		_, _, ref, err := index.DecodeDeviceRef(k)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", describeKey(bucketDeviceKPsV3, k), err)
+		}
+		moves = append(moves, v4Move{ref: bytes.Clone(ref), listed: bytes.Clone(k)})
+	}
+	if len(moves) > 0 {
+		return moves, nil
+	}
+	c = tx.Bucket(bucketKeyPackagesV3).Cursor()
+	for k, _ := c.First(); k != nil && len(moves) < n; k, _ = c.Next() {
+		moves = append(moves, v4Move{ref: bytes.Clone(k)})
+	}
+	return moves, nil
+}
+
+// moveToV4 moves KeyPackages from key_packages to kps and refs, deletes
+// the device_key_packages entries that list them and raises kps'
+// sequence to their highest seq. It returns how many records it moved: an
+// entry of device_key_packages without a record is only deleted. A record
+// whose new key another one holds fails it, naming both refs.
+func moveToV4(tx *bolt.Tx, moves []v4Move) (int, error) {
+	fillKPs(tx)
+	t := &txn{tx: tx}
+	old, listed, kps, refs := tx.Bucket(bucketKeyPackagesV3), tx.Bucket(bucketDeviceKPsV3), tx.Bucket(bucketKPs), tx.Bucket(bucketRefs)
+	seq, n := kps.Sequence(), 0
+	for _, m := range moves {
+		if m.listed != nil {
+			if err := listed.Delete(m.listed); err != nil {
+				return 0, err
+			}
+		}
+		v := old.Get(m.ref)
+		if v == nil {
+			continue
+		}
+		var r kpRecord
+		if err := decode(v, &r); err != nil {
+			return 0, fmt.Errorf("%s: %w", describeKey(bucketKeyPackagesV3, m.ref), err)
+		}
+		r.Ref = m.ref
+		key := r.key()
+		var other kpRecord
+		if ok, err := t.get(bucketKPs, key, &other); err != nil {
+			return 0, err
+		} else if ok {
+			return 0, fmt.Errorf("KeyPackages %x and %x have the same key, %s", other.Ref, m.ref, describeKey(bucketKPs, key))
+		}
+		if err := t.put(bucketKPs, key, &r); err != nil {
+			return 0, err
+		}
+		if err := refs.Put(m.ref, key); err != nil {
+			return 0, err
+		}
+		if err := old.Delete(m.ref); err != nil {
+			return 0, err
+		}
+		seq = max(seq, r.Seq)
+		n++
+	}
+	return n, kps.SetSequence(seq)
+}
+
+// finishV4 ends the migration to schema 4 once every KeyPackage has moved:
+// it sets the pool Heads, raises kps' sequence to key_packages' (which may
+// have passed seqs whose KeyPackages are gone), deletes the buckets of
+// schema 3, records schema 4 and makes sure of the store-wide counters.
+func finishV4(tx *bolt.Tx) error {
+	kps := tx.Bucket(bucketKPs)
+	if err := kps.SetSequence(max(kps.Sequence(), tx.Bucket(bucketKeyPackagesV3).Sequence())); err != nil {
 		return err
 	}
-	if err := setHeads(t, lowest, end); err != nil {
+	if err := setHeads(&txn{tx: tx}); err != nil {
 		return err
 	}
 	for _, name := range schema3Buckets {
@@ -163,41 +276,52 @@ func migrateToV4(tx *bolt.Tx) error {
 			return fmt.Errorf("delete bucket %s: %w", name, err)
 		}
 	}
-	return nil
+	if err := tx.Bucket(bucketMeta).Put(keySchemaVersion, index.Uint64(schemaVersion)); err != nil {
+		return err
+	}
+	return ensureStats(tx)
 }
 
-// setHeads sets the Head of every device suite that has KeyPackages to its
-// lowest available regular seq, or else to its end (maps by
-// index.DeviceSuite key).
-func setHeads(t *txn, lowest, end map[string]uint64) error {
-	updated := make(map[string]*deviceRecord)
-	err := t.bucket(bucketDevices).ForEach(func(k, v []byte) error {
+// setHeads sets the Head of every device's pool of every suite to the
+// lowest seq of its available regular KeyPackages, or else one past its
+// highest seq; a suite without KeyPackages keeps its Head.
+func setHeads(t *txn) error {
+	c := t.bucket(bucketKPs).Cursor()
+	return t.scan(bucketDevices, nil, func(k, v []byte) error {
 		var d deviceRecord
 		if err := decode(v, &d); err != nil {
 			return fmt.Errorf("%s: %w", describeKey(bucketDevices, k), err)
 		}
 		did, device, err := index.DecodeDevice(k)
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", describeKey(bucketDevices, k), err)
 		}
 		for suite := range d.Suites {
-			ds := index.DeviceSuite(did, device, suite)
-			head, ok := lowest[string(ds)]
-			if !ok {
-				head = end[string(ds)]
+			head, err := poolHead(c, index.DeviceSuite(did, device, suite))
+			if err != nil {
+				return err
 			}
 			d.advanceHead(suite, head)
 		}
-		updated[string(k)] = &d
-		return nil
+		return t.put(bucketDevices, k, &d)
 	})
-	if err != nil {
-		return err
-	}
-	for k, d := range updated {
-		if err := t.put(bucketDevices, []byte(k), d); err != nil {
-			return err
+}
+
+// poolHead returns the Head of the pool whose KeyPackages' keys start with
+// prefix, read from kps through c: the seq of its first available regular
+// KeyPackage, or else one past the seq of its last KeyPackage (0 if it has
+// none).
+func poolHead(c *bolt.Cursor, prefix []byte) (uint64, error) {
+	var head uint64
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		var r kpRecord
+		if err := decode(v, &r); err != nil {
+			return 0, fmt.Errorf("%s: %w", describeKey(bucketKPs, k), err)
 		}
+		if a, _ := counts(&r); a > 0 {
+			return r.Seq, nil
+		}
+		head = r.Seq + 1
 	}
-	return nil
+	return head, nil
 }

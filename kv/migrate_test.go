@@ -3,6 +3,8 @@ package kv
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -49,7 +51,7 @@ func toSchema3(tx *bolt.Tx) error {
 		if err := keyPackages.Put(ref, b); err != nil {
 			return err
 		}
-		if err := deviceKPs.Put(append(index.Device(r.DID, r.Device), ref...), nil); err != nil {
+		if err := deviceKPs.Put(index.DeviceRef(r.DID, r.Device, ref), nil); err != nil {
 			return err
 		}
 		if r.State == kpd.StateAvailable && !r.LastResort {
@@ -187,9 +189,9 @@ func (e *env) heads(t testing.TB, did, device string) map[uint16]uint64 {
 	return out
 }
 
-// reopenAsSchema3 closes e's database, rewrites it in the layout of
-// schema 3 (toSchema3) and opens it again, which migrates it.
-func (e *env) reopenAsSchema3(t *testing.T, opts ...func(*Options)) {
+// closeAsSchema3 closes e's database and rewrites it in the layout of
+// schema 3 (toSchema3), then applies tweak (if not nil) to the result.
+func (e *env) closeAsSchema3(t *testing.T, tweak func(tx *bolt.Tx) error) {
 	t.Helper()
 	if err := e.DB.Close(); err != nil {
 		t.Fatal(err)
@@ -198,23 +200,172 @@ func (e *env) reopenAsSchema3(t *testing.T, opts ...func(*Options)) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = bdb.Update(toSchema3)
+	err = bdb.Update(func(tx *bolt.Tx) error {
+		if err := toSchema3(tx); err != nil || tweak == nil {
+			return err
+		}
+		return tweak(tx)
+	})
 	if cerr := bdb.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		t.Fatalf("rewrite as schema 3: %v", err)
 	}
-	if _, err := Open(e.path, &Options{ReadOnly: true}); err == nil || !strings.Contains(err.Error(), "schema version 3") {
-		t.Fatalf("read-only open of a schema 3 database: %v", err)
-	}
+}
+
+// reopenAsSchema3 closes e's database, rewrites it in the layout of
+// schema 3 (toSchema3) and opens it again, which migrates it.
+func (e *env) reopenAsSchema3(t *testing.T, opts ...func(*Options)) {
+	t.Helper()
+	e.closeAsSchema3(t, nil)
+	wantSchema3(t, e.path)
 	o := &Options{Clock: e.clock.Now}
 	for _, f := range opts {
 		f(o)
 	}
+	var err error
 	if e.DB, err = Open(e.path, o); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// wantSchema3 fails the test unless the file at path is a schema 3
+// database that read-only opens, VerifyFile (kpd verify) included, refuse
+// and tell to open read-write.
+func wantSchema3(t *testing.T, path string) {
+	t.Helper()
+	const want = "schema version 3, this kpd reads 4 (open it read-write once to migrate)"
+	if db, err := Open(path, &Options{ReadOnly: true}); err == nil || !strings.Contains(err.Error(), want) {
+		if err == nil {
+			db.Close()
+		}
+		t.Fatalf("read-only open of a schema 3 database: %v", err)
+	}
+	if vs, err := VerifyFile(path, time.Second); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("VerifyFile of a schema 3 database: %v, %v", vs, err)
+	}
+}
+
+// eachMigrateBatch runs test with the default batch size of the migration
+// to schema 4 and with batches of 7 KeyPackages, so that a migration takes
+// many batches and some of them end inside a device's KeyPackages.
+func eachMigrateBatch(t *testing.T, test func(t *testing.T)) {
+	for _, n := range []int{migrateBatch, 7} {
+		t.Run(fmt.Sprintf("batch=%d", n), func(t *testing.T) {
+			setMigrateBatch(t, n)
+			test(t)
+		})
+	}
+}
+
+// setMigrateBatch sets the batch size of the migration to schema 4 until
+// the test ends.
+func setMigrateBatch(t *testing.T, n int) {
+	old := migrateBatch
+	migrateBatch = n
+	t.Cleanup(func() { migrateBatch = old })
+}
+
+// failMigrateBatch makes the migration to schema 4 fail with err before it
+// commits its batch number k (counted from 0 in each Open; the final
+// transaction is numbered one past the last batch), until the test ends
+// or sets beforeMigrateCommit to nil.
+func failMigrateBatch(t *testing.T, k int, err error) {
+	beforeMigrateCommit = func(batch int, _ bool) error {
+		if batch == k {
+			return err
+		}
+		return nil
+	}
+	t.Cleanup(func() { beforeMigrateCommit = nil })
+}
+
+// progressLog records the calls of Options.MigrationProgress.
+type progressLog struct{ moved, total []int }
+
+func (p *progressLog) record(moved, total int) {
+	p.moved, p.total = append(p.moved, moved), append(p.total, total)
+}
+
+// openMigrated opens the database at path, which migrates it, reporting
+// progress to p (if not nil), and closes it.
+func openMigrated(t *testing.T, path string, p *progressLog) error {
+	t.Helper()
+	o := &Options{NoSync: true}
+	if p != nil {
+		o.MigrationProgress = p.record
+	}
+	db, err := Open(path, o)
+	if err != nil {
+		return err
+	}
+	return db.Close()
+}
+
+// dumpFile returns the content of the bbolt file at path: for every
+// bucket in order, a line with its sequence and one per key and value.
+func dumpFile(t *testing.T, path string) []string {
+	t.Helper()
+	bdb, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bdb.Close()
+	var lines []string
+	err = bdb.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+			lines = append(lines, fmt.Sprintf("%s: sequence %d", name, b.Sequence()))
+			return b.ForEach(func(k, v []byte) error {
+				lines = append(lines, fmt.Sprintf("%s = %x", describeKey(name, k), v))
+				return nil
+			})
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lines
+}
+
+// entries counts the entries of a bucket in a dump.
+func entries(dump []string, bucket []byte) int {
+	n := 0
+	for _, l := range dump {
+		if strings.HasPrefix(l, string(bucket)+"/") {
+			n++
+		}
+	}
+	return n
+}
+
+// wantDump fails the test unless got equals want, naming the first line
+// that differs.
+func wantDump(t *testing.T, got, want []string) {
+	t.Helper()
+	for i := range min(len(got), len(want)) {
+		if got[i] != want[i] {
+			t.Fatalf("line %d of the dump: %s\nwant %s", i, got[i], want[i])
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("the dump has %d lines, want %d", len(got), len(want))
+	}
+}
+
+// copyFile copies the file at src to a new file in t.TempDir() and returns
+// its path.
+func copyFile(t *testing.T, src string) string {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), filepath.Base(src))
+	if err := os.WriteFile(dst, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dst
 }
 
 // TestMigrationToV4 fills a database with a random workload, rewrites it
@@ -223,7 +374,9 @@ func (e *env) reopenAsSchema3(t *testing.T, opts ...func(*Options)) {
 // available regular KeyPackage, claims stay FIFO, new KeyPackages come
 // after the old ones, and the checker run at cleanup finds the database
 // sound.
-func TestMigrationToV4(t *testing.T) {
+func TestMigrationToV4(t *testing.T) { eachMigrateBatch(t, testMigrationToV4) }
+
+func testMigrationToV4(t *testing.T) {
 	e := newTestDB(t, workloadOptions)
 	e.workload(t, 17, 400, nil)
 	// A pool whose oldest available KeyPackage comes after claimed ones
@@ -265,15 +418,10 @@ func TestMigrationToV4(t *testing.T) {
 // at schema 3 (see testdata/README.md): the Store shows what that kpd
 // showed (testdata/schema3.json), the pools get their heads, and claims,
 // acks and publishes work on the migrated records.
-func TestMigrationOfASchema3File(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join("testdata", "schema3.bolt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "kpd.db")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
+func TestMigrationOfASchema3File(t *testing.T) { eachMigrateBatch(t, testMigrationOfASchema3File) }
+
+func testMigrationOfASchema3File(t *testing.T) {
+	path := copyFile(t, filepath.Join("testdata", "schema3.bolt"))
 	js, err := os.ReadFile(filepath.Join("testdata", "schema3.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -321,4 +469,177 @@ func TestMigrationOfASchema3File(t *testing.T) {
 		t.Errorf("tablet: %d last resorts after the ack, want 1", n)
 	}
 	e.wantStatsCounted(t, "after the acks")
+}
+
+// schema3File writes a database in the layout of schema 3, from a random
+// workload, and returns its path and how many KeyPackages it holds. Its
+// device_key_packages does not list one of them and lists one that does
+// not exist, which the migration must survive.
+func schema3File(t *testing.T) (string, int) {
+	t.Helper()
+	e := openTestDB(t, workloadOptions)
+	e.workload(t, 23, 500, nil)
+	e.closeAsSchema3(t, func(tx *bolt.Tx) error {
+		listed := tx.Bucket(bucketDeviceKPsV3)
+		k, _ := listed.Cursor().Last()
+		did, device, _, err := index.DecodeDeviceRef(k)
+		if err != nil {
+			return err
+		}
+		if err := listed.Delete(k); err != nil {
+			return err
+		}
+		return listed.Put(index.DeviceRef(did, device, bytes.Repeat([]byte{0xee}, 32)), nil)
+	})
+	dump := dumpFile(t, e.path)
+	n := entries(dump, bucketKeyPackagesV3)
+	if listed := entries(dump, bucketDeviceKPsV3); n < 100 || listed != n {
+		t.Fatalf("the workload left %d KeyPackages, listed %d times", n, listed)
+	}
+	return e.path, n
+}
+
+// TestMigrationToV4Resumes interrupts the migration of a schema 3 database
+// before the commit of one of its batches, or of its final transaction:
+// Open fails and leaves a schema 3 database (which read-only opens and
+// kpd verify refuse) whose KeyPackages are each either moved, with their
+// refs entry, or still in the old buckets. The next Open finishes the
+// migration, and the file then holds exactly what an uninterrupted
+// migration of the same database gives, and passes Verify.
+func TestMigrationToV4Resumes(t *testing.T) {
+	setMigrateBatch(t, 7)
+	base, n := schema3File(t)
+	var progress progressLog
+	clean := copyFile(t, base)
+	if err := openMigrated(t, clean, &progress); err != nil {
+		t.Fatal(err)
+	}
+	want := dumpFile(t, clean)
+	batches := len(progress.moved)
+	if min := (n + 6) / 7; batches < min {
+		t.Fatalf("%d KeyPackages migrated in %d batches of at most 7", n, batches)
+	}
+
+	for _, k := range []int{0, 1, batches / 2, batches - 1, batches} {
+		t.Run(fmt.Sprintf("k=%d", k), func(t *testing.T) {
+			path := copyFile(t, base)
+			crash := errors.New("crash")
+			failMigrateBatch(t, k, crash)
+			if err := openMigrated(t, path, nil); !errors.Is(err, crash) {
+				t.Fatalf("open with batch %d failing: %v", k, err)
+			}
+			beforeMigrateCommit = nil
+			wantSchema3(t, path)
+			moved := 0
+			if k > 0 {
+				moved = progress.moved[k-1]
+			}
+			got := dumpFile(t, path)
+			if kps, refs, left := entries(got, bucketKPs), entries(got, bucketRefs), entries(got, bucketKeyPackagesV3); kps != moved || refs != moved || left != n-moved {
+				t.Fatalf("after %d batches: %d records in kps, %d refs and %d left in key_packages; want %d, %d and %d",
+					k, kps, refs, left, moved, moved, n-moved)
+			}
+
+			if err := openMigrated(t, path, nil); err != nil {
+				t.Fatal(err)
+			}
+			wantDump(t, dumpFile(t, path), want)
+			if vs, err := VerifyFile(path, time.Second); err != nil || len(vs) > 0 {
+				t.Fatalf("verify: %v, %v", vs, err)
+			}
+		})
+	}
+}
+
+// TestMigrationProgress checks Options.MigrationProgress: it hears after
+// every batch, with counts growing by at most a batch up to the total,
+// which is how many KeyPackages were left to move when Open began.
+func TestMigrationProgress(t *testing.T) {
+	setMigrateBatch(t, 7)
+	path, n := schema3File(t)
+	wantProgress := func(p progressLog, total int) {
+		t.Helper()
+		if len(p.moved) == 0 || p.moved[len(p.moved)-1] != total {
+			t.Fatalf("progress %v, want it to end at %d", p.moved, total)
+		}
+		for i, moved := range p.moved {
+			prev := 0
+			if i > 0 {
+				prev = p.moved[i-1]
+			}
+			if moved < prev || moved > prev+7 || p.total[i] != total {
+				t.Fatalf("progress call %d: %d of %d after %d", i, moved, p.total[i], prev)
+			}
+		}
+	}
+
+	var first progressLog
+	failMigrateBatch(t, 3, errors.New("crash"))
+	if err := openMigrated(t, path, &first); err == nil {
+		t.Fatal("the migration did not fail")
+	}
+	if len(first.moved) != 3 || first.moved[2] != 21 || first.total[0] != n {
+		t.Fatalf("progress before the failure: %v of %v, want 7, 14, 21 of %d", first.moved, first.total, n)
+	}
+	beforeMigrateCommit = nil
+	var second progressLog
+	if err := openMigrated(t, path, &second); err != nil {
+		t.Fatal(err)
+	}
+	wantProgress(second, n-21)
+	var third progressLog
+	if err := openMigrated(t, path, &third); err != nil || len(third.moved) > 0 {
+		t.Fatalf("open of a migrated database: progress %v, %v", third.moved, err)
+	}
+}
+
+// TestMigrationToV4RefusesDuplicateKeys gives two schema 3 KeyPackages of
+// one device and suite the same seq: Open fails naming both refs, and
+// nothing is lost: the batch that met the second one committed nothing,
+// and every KeyPackage is either moved, with its refs entry, or still in
+// key_packages.
+func TestMigrationToV4RefusesDuplicateKeys(t *testing.T) {
+	setMigrateBatch(t, 7)
+	e := openTestDB(t)
+	refs := e.publishN(t, bob, "phone", 1, 30)
+	a, b := refs[3], refs[20]
+	e.closeAsSchema3(t, func(tx *bolt.Tx) error {
+		var ra, rb kpRecord
+		old := tx.Bucket(bucketKeyPackagesV3)
+		if err := decode(old.Get(rawRef(t, a)), &ra); err != nil {
+			return err
+		}
+		if err := decode(old.Get(rawRef(t, b)), &rb); err != nil {
+			return err
+		}
+		rb.Seq = ra.Seq
+		return (&txn{tx: tx}).put(bucketKeyPackagesV3, rawRef(t, b), &rb)
+	})
+	err := openMigrated(t, e.path, nil)
+	if err == nil || !strings.Contains(err.Error(), string(a)) || !strings.Contains(err.Error(), string(b)) {
+		t.Fatalf("open with two KeyPackages at one key: %v, want an error naming %s and %s", err, a, b)
+	}
+	wantSchema3(t, e.path)
+	dump := dumpFile(t, e.path)
+	if moved := entries(dump, bucketKPs); moved%7 != 0 || entries(dump, bucketRefs) != moved {
+		t.Errorf("%d KeyPackages moved, with %d refs entries, in batches of 7", moved, entries(dump, bucketRefs))
+	}
+	has := func(bucket []byte, ref kpd.Ref) bool {
+		return slices.ContainsFunc(dump, func(l string) bool { return strings.HasPrefix(l, string(bucket)+"/"+string(ref)+" = ") })
+	}
+	for _, ref := range refs {
+		if has(bucketRefs, ref) == has(bucketKeyPackagesV3, ref) {
+			t.Errorf("KeyPackage %s: moved %v, in key_packages %v", ref, has(bucketRefs, ref), has(bucketKeyPackagesV3, ref))
+		}
+	}
+}
+
+// rawRef returns the bytes of a ref.
+func rawRef(t *testing.T, ref kpd.Ref) []byte {
+	t.Helper()
+	b, err := ref.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -251,6 +251,43 @@ func TestVerifyCommand(t *testing.T) {
 	}
 }
 
+// TestServeMigratesSchema3 runs kpd on a database of schema 3 (kv's test
+// data, 12 KeyPackages): kpd verify refuses it, kpd serve migrates it and
+// logs its progress, and kpd verify then finds it sound.
+func TestServeMigratesSchema3(t *testing.T) {
+	fx := loadFixture(t)
+	ctx := context.Background()
+	data, err := os.ReadFile(filepath.Join("..", "..", "kv", "testdata", "schema3.bolt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbPath := filepath.Join(t.TempDir(), "schema3.db")
+	if err := os.WriteFile(dbPath, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	verify := func() (string, error) {
+		m, stdout, _ := newMain(nil, fx.now)
+		err := m.Run(ctx, []string{"verify", "--db", dbPath})
+		return stdout.String(), err
+	}
+	if out, err := verify(); exitCode(err) != 1 || !strings.Contains(err.Error(), "open it read-write once") || out != "" {
+		t.Fatalf("verify of a schema 3 database: %q, %v; want exit status 1 and a hint to open it read-write", out, err)
+	}
+
+	srv, _, stderr := newMain(nil, fx.now)
+	startServe(t, srv, "--db", dbPath, "--listen", "127.0.0.1:0", "--auth", "dev")
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	progress := regexp.MustCompile(`"level":"info","moved":12,"total":12,.*"message":"migrating KeyPackages to schema 4"`)
+	if logs := stderr.String(); !progress.MatchString(logs) {
+		t.Errorf("the migration's progress is not in the log:\n%s", logs)
+	}
+	if out, err := verify(); err != nil || !strings.HasSuffix(out, ": ok\n") {
+		t.Fatalf("verify after the migration: %q, %v", out, err)
+	}
+}
+
 func TestVersion(t *testing.T) {
 	m, stdout, _ := newMain(nil, time.Now())
 	if err := m.Run(context.Background(), []string{"version"}); err != nil {
