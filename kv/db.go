@@ -130,14 +130,14 @@ type Options struct {
 	// file avoids that. It reserves address space, not memory.
 	InitialMmapSize int
 	// MigrationProgress, if set, is called by an Open that migrates a
-	// schema 3 database after each of the transactions that move its
-	// KeyPackages (at most 20,000 each, see migrateToV4): moved counts
-	// the KeyPackages this Open has moved so far, total those that were
-	// left to move when it began (fewer than the database holds if an
-	// earlier Open was interrupted part way). The last call has moved
-	// equal to total. Open calls it from its own goroutine and waits for
-	// it.
-	MigrationProgress func(moved, total int)
+	// schema 3 database, after each of the transactions that move its
+	// KeyPackages (at most 20,000 each, see migrateToV4). The migration
+	// takes two steps per KeyPackage (copying its record, then indexing
+	// its ref): done counts the steps this Open has taken so far, total
+	// those that were left when it began (fewer if an earlier Open was
+	// interrupted part way). The last call has done equal to total. It
+	// runs on the goroutine that called Open, between two transactions.
+	MigrationProgress func(done, total int)
 	// NoSync skips fsync after commits: for tests and benchmarks only, a
 	// crash can then lose or corrupt data.
 	NoSync bool
@@ -277,7 +277,7 @@ func Open(path string, opts *Options) (*DB, error) {
 // to schema 3; a schema 3 database then migrates to schema 4 in
 // transactions of its own. Either way the last transaction makes sure of
 // the store-wide counters (ensureStats).
-func upgrade(bdb *bolt.DB, progress func(moved, total int)) error {
+func upgrade(bdb *bolt.DB, progress func(done, total int)) error {
 	var v uint64
 	err := bdb.Update(func(tx *bolt.Tx) error {
 		var err error

@@ -90,10 +90,9 @@ func migrateToV3(tx *bolt.Tx) error {
 }
 
 // migrateBatch is the most KeyPackages one transaction of the migration to
-// schema 4 moves. bbolt keeps a transaction's dirty pages in memory until
-// it commits; a batch dirties about a page of kps per dozen KeyPackages
-// and up to a page of key_packages and of refs per KeyPackage, some 100 MB
-// at most, however large the database.
+// schema 4 handles. bbolt holds the pages a transaction dirties in memory
+// until it commits; a batch dirties a few thousand, whatever the size of
+// the database.
 var migrateBatch = 20_000
 
 // beforeMigrateCommit, when set (by tests only), is called before each
@@ -115,20 +114,27 @@ var beforeMigrateCommit func(batch int, final bool) error
 //
 // It runs after the transaction that opened the database, in transactions
 // of at most migrateBatch KeyPackages, so that its memory does not grow
-// with the database (bbolt holds every page a transaction dirties until
-// the commit). Each transaction moves the next KeyPackages that
-// device_key_packages lists, in its (DID, device, ref) order, which is
-// also the order of their new keys up to the device: kps grows at its end
-// and each batch dirties only its last pages. It deletes the moved records
-// and their device_key_packages entries in the same transaction. Once
-// that index is empty, records it did not list (there should be none) move
-// the same way, in ref order. The schema version stays 3 until the final
-// transaction, which sets the Heads, deletes the old buckets and records
-// schema 4: a migration interrupted at any point leaves a schema 3
-// database whose old buckets hold exactly what is left to move, and the
-// next Open carries on from there. progress, if not nil, hears after each
-// batch (see Options.MigrationProgress).
-func migrateToV4(bdb *bolt.DB, progress func(moved, total int)) error {
+// with the database. Each transaction writes to every bucket in that
+// bucket's key order, so that its writes fall on few pages: writes in
+// random order would dirty a page per KeyPackage, each held in memory and
+// written again by batch after batch. Hence two passes:
+//
+//  1. Copy: the next KeyPackages that device_key_packages lists, in its
+//     (DID, device, ref) order, which is also the order of their new keys
+//     up to the device (kps grows at its end), are copied to kps; their
+//     device_key_packages entries go.
+//  2. Index: then, in ref order, the next records of key_packages get
+//     their refs entry and are deleted, those that device_key_packages
+//     did not list (there should be none) copied to kps first.
+//
+// The schema version stays 3 until the final transaction, which sets the
+// Heads, deletes the old buckets and records schema 4: a migration
+// interrupted at any point leaves a schema 3 database whose
+// device_key_packages lists what is left to copy and whose key_packages
+// holds what is left to index, and the next Open carries on from there.
+// progress, if not nil, hears after each batch (see
+// Options.MigrationProgress).
+func migrateToV4(bdb *bolt.DB, progress func(done, total int)) error {
 	var total int
 	err := bdb.View(func(tx *bolt.Tx) error {
 		for _, name := range schema3Buckets {
@@ -137,23 +143,19 @@ func migrateToV4(bdb *bolt.DB, progress func(moved, total int)) error {
 			}
 		}
 		if progress != nil {
-			total = tx.Bucket(bucketKeyPackagesV3).Stats().KeyN
+			total = tx.Bucket(bucketDeviceKPsV3).Stats().KeyN + tx.Bucket(bucketKeyPackagesV3).Stats().KeyN
 		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	moved, batch := 0, 0
+	done, batch := 0, 0
 	for ; ; batch++ {
-		var left bool
 		var n int
 		err := bdb.Update(func(tx *bolt.Tx) error {
-			moves, err := nextV4Moves(tx, migrateBatch)
-			if left = len(moves) > 0; err != nil || !left {
-				return err
-			}
-			if n, err = moveToV4(tx, moves); err != nil {
+			var err error
+			if n, err = migrateStepV4(tx, migrateBatch); err != nil || n == 0 {
 				return err
 			}
 			return hookMigrateCommit(batch, false)
@@ -161,12 +163,12 @@ func migrateToV4(bdb *bolt.DB, progress func(moved, total int)) error {
 		if err != nil {
 			return err
 		}
-		if !left {
+		if n == 0 {
 			break
 		}
-		moved += n
+		done += n
 		if progress != nil {
-			progress(moved, total)
+			progress(done, total)
 		}
 	}
 	return bdb.Update(func(tx *bolt.Tx) error {
@@ -185,78 +187,90 @@ func hookMigrateCommit(batch int, final bool) error {
 	return beforeMigrateCommit(batch, final)
 }
 
-// v4Move is one KeyPackage left to move to schema 4: its ref, and the
-// device_key_packages key that lists it (nil for a record none lists).
-type v4Move struct{ ref, listed []byte }
-
-// nextV4Moves returns up to n KeyPackages left to move to schema 4: the
-// first that device_key_packages lists or, once it is empty, the first
-// records of key_packages. None means the move is done.
-func nextV4Moves(tx *bolt.Tx, n int) ([]v4Move, error) {
-	var moves []v4Move
-	c := tx.Bucket(bucketDeviceKPsV3).Cursor()
-	for k, _ := c.First(); k != nil && len(moves) < n; k, _ = c.Next() {
-		_, _, ref, err := index.DecodeDeviceRef(k)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", describeKey(bucketDeviceKPsV3, k), err)
-		}
-		moves = append(moves, v4Move{ref: bytes.Clone(ref), listed: bytes.Clone(k)})
-	}
-	if len(moves) > 0 {
-		return moves, nil
-	}
-	c = tx.Bucket(bucketKeyPackagesV3).Cursor()
-	for k, _ := c.First(); k != nil && len(moves) < n; k, _ = c.Next() {
-		moves = append(moves, v4Move{ref: bytes.Clone(k)})
-	}
-	return moves, nil
-}
-
-// moveToV4 moves KeyPackages from key_packages to kps and refs, deletes
-// the device_key_packages entries that list them and raises kps'
-// sequence to their highest seq. It returns how many records it moved: an
-// entry of device_key_packages without a record is only deleted. A record
-// whose new key another one holds fails it, naming both refs.
-func moveToV4(tx *bolt.Tx, moves []v4Move) (int, error) {
+// migrateStepV4 runs one batch of the migration to schema 4, of at most n
+// entries: it copies the records of the next entries of
+// device_key_packages or, once that is empty, indexes the next records of
+// key_packages. It returns the number of entries it took, 0 when both
+// buckets are empty.
+func migrateStepV4(tx *bolt.Tx, n int) (int, error) {
 	fillKPs(tx)
 	t := &txn{tx: tx}
-	old, listed, kps, refs := tx.Bucket(bucketKeyPackagesV3), tx.Bucket(bucketDeviceKPsV3), tx.Bucket(bucketKPs), tx.Bucket(bucketRefs)
-	seq, n := kps.Sequence(), 0
-	for _, m := range moves {
-		if m.listed != nil {
-			if err := listed.Delete(m.listed); err != nil {
-				return 0, err
-			}
-		}
-		v := old.Get(m.ref)
+	listed, old, kps, refs := tx.Bucket(bucketDeviceKPsV3), tx.Bucket(bucketKeyPackagesV3), tx.Bucket(bucketKPs), tx.Bucket(bucketRefs)
+	seq := kps.Sequence()
+	// copyRecord copies the record of ref in key_packages, if there is
+	// one, to kps and returns its key there.
+	copyRecord := func(ref []byte) ([]byte, error) {
+		v := old.Get(ref)
 		if v == nil {
-			continue
+			return nil, nil
 		}
 		var r kpRecord
 		if err := decode(v, &r); err != nil {
-			return 0, fmt.Errorf("%s: %w", describeKey(bucketKeyPackagesV3, m.ref), err)
+			return nil, fmt.Errorf("%s: %w", describeKey(bucketKeyPackagesV3, ref), err)
 		}
-		r.Ref = m.ref
-		key := r.key()
-		var other kpRecord
-		if ok, err := t.get(bucketKPs, key, &other); err != nil {
-			return 0, err
-		} else if ok {
-			return 0, fmt.Errorf("KeyPackages %x and %x have the same key, %s", other.Ref, m.ref, describeKey(bucketKPs, key))
-		}
-		if err := t.put(bucketKPs, key, &r); err != nil {
-			return 0, err
-		}
-		if err := refs.Put(m.ref, key); err != nil {
-			return 0, err
-		}
-		if err := old.Delete(m.ref); err != nil {
-			return 0, err
-		}
+		r.Ref = ref
 		seq = max(seq, r.Seq)
-		n++
+		return r.key(), copyToV4(t, &r)
 	}
-	return n, kps.SetSequence(seq)
+
+	keys := firstKeys(listed, n)
+	for _, k := range keys {
+		_, _, ref, err := index.DecodeDeviceRef(k)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", describeKey(bucketDeviceKPsV3, k), err)
+		}
+		if err := listed.Delete(k); err != nil {
+			return 0, err
+		}
+		// An entry without its record has nothing to copy.
+		if _, err := copyRecord(ref); err != nil {
+			return 0, err
+		}
+	}
+	if len(keys) == 0 {
+		keys = firstKeys(old, n)
+		for _, ref := range keys {
+			key, err := copyRecord(ref)
+			if err != nil {
+				return 0, err
+			}
+			if err := refs.Put(ref, key); err != nil {
+				return 0, err
+			}
+			if err := old.Delete(ref); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return len(keys), kps.SetSequence(seq)
+}
+
+// firstKeys returns copies of the first n keys of a bucket.
+func firstKeys(b *bolt.Bucket, n int) [][]byte {
+	var keys [][]byte
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil && len(keys) < n; k, _ = c.Next() {
+		keys = append(keys, bytes.Clone(k))
+	}
+	return keys
+}
+
+// copyToV4 puts the KeyPackage record r into kps, unless kps holds it
+// already (copied from device_key_packages, for the index pass). A record
+// of another ref at its key fails it, naming both refs.
+func copyToV4(t *txn, r *kpRecord) error {
+	key := r.key()
+	var other kpRecord
+	ok, err := t.get(bucketKPs, key, &other)
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return t.put(bucketKPs, key, r)
+	case !bytes.Equal(other.Ref, r.Ref):
+		return fmt.Errorf("KeyPackages %x and %x have the same key, %s", other.Ref, r.Ref, describeKey(bucketKPs, key))
+	}
+	return nil
 }
 
 // finishV4 ends the migration to schema 4 once every KeyPackage has moved:

@@ -282,10 +282,10 @@ func failMigrateBatch(t *testing.T, k int, err error) {
 }
 
 // progressLog records the calls of Options.MigrationProgress.
-type progressLog struct{ moved, total []int }
+type progressLog struct{ done, total []int }
 
-func (p *progressLog) record(moved, total int) {
-	p.moved, p.total = append(p.moved, moved), append(p.total, total)
+func (p *progressLog) record(done, total int) {
+	p.done, p.total = append(p.done, done), append(p.total, total)
 }
 
 // openMigrated opens the database at path, which migrates it, reporting
@@ -502,8 +502,8 @@ func schema3File(t *testing.T) (string, int) {
 // TestMigrationToV4Resumes interrupts the migration of a schema 3 database
 // before the commit of one of its batches, or of its final transaction:
 // Open fails and leaves a schema 3 database (which read-only opens and
-// kpd verify refuse) whose KeyPackages are each either moved, with their
-// refs entry, or still in the old buckets. The next Open finishes the
+// kpd verify refuse) in which every KeyPackage is either indexed, with its
+// record in kps, or still in key_packages. The next Open finishes the
 // migration, and the file then holds exactly what an uninterrupted
 // migration of the same database gives, and passes Verify.
 func TestMigrationToV4Resumes(t *testing.T) {
@@ -515,12 +515,13 @@ func TestMigrationToV4Resumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := dumpFile(t, clean)
-	batches := len(progress.moved)
-	if min := (n + 6) / 7; batches < min {
+	// Both passes take every KeyPackage, 7 at a time.
+	batches := len(progress.done)
+	if min := 2 * ((n + 6) / 7); batches < min {
 		t.Fatalf("%d KeyPackages migrated in %d batches of at most 7", n, batches)
 	}
 
-	for _, k := range []int{0, 1, batches / 2, batches - 1, batches} {
+	for _, k := range []int{0, 1, batches / 4, batches / 2, batches - 1, batches} {
 		t.Run(fmt.Sprintf("k=%d", k), func(t *testing.T) {
 			path := copyFile(t, base)
 			crash := errors.New("crash")
@@ -530,14 +531,15 @@ func TestMigrationToV4Resumes(t *testing.T) {
 			}
 			beforeMigrateCommit = nil
 			wantSchema3(t, path)
-			moved := 0
+			done := 0
 			if k > 0 {
-				moved = progress.moved[k-1]
+				done = progress.done[k-1]
 			}
 			got := dumpFile(t, path)
-			if kps, refs, left := entries(got, bucketKPs), entries(got, bucketRefs), entries(got, bucketKeyPackagesV3); kps != moved || refs != moved || left != n-moved {
-				t.Fatalf("after %d batches: %d records in kps, %d refs and %d left in key_packages; want %d, %d and %d",
-					k, kps, refs, left, moved, moved, n-moved)
+			listed, left, kps, refs := entries(got, bucketDeviceKPsV3), entries(got, bucketKeyPackagesV3), entries(got, bucketKPs), entries(got, bucketRefs)
+			if listed+left != 2*n-done || left+refs != n || kps < refs {
+				t.Fatalf("after %d steps of %d: %d entries of device_key_packages, %d of key_packages, %d of kps and %d of refs",
+					done, 2*n, listed, left, kps, refs)
 			}
 
 			if err := openMigrated(t, path, nil); err != nil {
@@ -553,84 +555,94 @@ func TestMigrationToV4Resumes(t *testing.T) {
 
 // TestMigrationProgress checks Options.MigrationProgress: it hears after
 // every batch, with counts growing by at most a batch up to the total,
-// which is how many KeyPackages were left to move when Open began.
+// which is the number of steps (two per KeyPackage) left when Open began.
 func TestMigrationProgress(t *testing.T) {
 	setMigrateBatch(t, 7)
 	path, n := schema3File(t)
-	wantProgress := func(p progressLog, total int) {
-		t.Helper()
-		if len(p.moved) == 0 || p.moved[len(p.moved)-1] != total {
-			t.Fatalf("progress %v, want it to end at %d", p.moved, total)
-		}
-		for i, moved := range p.moved {
-			prev := 0
-			if i > 0 {
-				prev = p.moved[i-1]
-			}
-			if moved < prev || moved > prev+7 || p.total[i] != total {
-				t.Fatalf("progress call %d: %d of %d after %d", i, moved, p.total[i], prev)
-			}
-		}
-	}
-
 	var first progressLog
 	failMigrateBatch(t, 3, errors.New("crash"))
 	if err := openMigrated(t, path, &first); err == nil {
 		t.Fatal("the migration did not fail")
 	}
-	if len(first.moved) != 3 || first.moved[2] != 21 || first.total[0] != n {
-		t.Fatalf("progress before the failure: %v of %v, want 7, 14, 21 of %d", first.moved, first.total, n)
+	if !slices.Equal(first.done, []int{7, 14, 21}) || !slices.Equal(first.total, []int{2 * n, 2 * n, 2 * n}) {
+		t.Fatalf("progress before the failure: %v of %v, want 7, 14, 21 of %d", first.done, first.total, 2*n)
 	}
 	beforeMigrateCommit = nil
+
 	var second progressLog
 	if err := openMigrated(t, path, &second); err != nil {
 		t.Fatal(err)
 	}
-	wantProgress(second, n-21)
+	total := 2*n - 21
+	if len(second.done) == 0 || second.done[len(second.done)-1] != total {
+		t.Fatalf("progress %v, want it to end at %d", second.done, total)
+	}
+	prev := 0
+	for i, done := range second.done {
+		if done <= prev || done > prev+7 || second.total[i] != total {
+			t.Fatalf("progress call %d: %d of %d after %d", i, done, second.total[i], prev)
+		}
+		prev = done
+	}
 	var third progressLog
-	if err := openMigrated(t, path, &third); err != nil || len(third.moved) > 0 {
-		t.Fatalf("open of a migrated database: progress %v, %v", third.moved, err)
+	if err := openMigrated(t, path, &third); err != nil || len(third.done) > 0 {
+		t.Fatalf("open of a migrated database: progress %v, %v", third.done, err)
 	}
 }
 
 // TestMigrationToV4RefusesDuplicateKeys gives two schema 3 KeyPackages of
-// one device and suite the same seq: Open fails naming both refs, and
-// nothing is lost: the batch that met the second one committed nothing,
-// and every KeyPackage is either moved, with its refs entry, or still in
-// key_packages.
+// one device and suite the same seq, the second listed in
+// device_key_packages or not: Open fails naming both refs, and nothing is
+// lost: the batch that met the second one committed nothing, and every
+// KeyPackage is either indexed by ref or still in key_packages.
 func TestMigrationToV4RefusesDuplicateKeys(t *testing.T) {
-	setMigrateBatch(t, 7)
-	e := openTestDB(t)
-	refs := e.publishN(t, bob, "phone", 1, 30)
-	a, b := refs[3], refs[20]
-	e.closeAsSchema3(t, func(tx *bolt.Tx) error {
-		var ra, rb kpRecord
-		old := tx.Bucket(bucketKeyPackagesV3)
-		if err := decode(old.Get(rawRef(t, a)), &ra); err != nil {
-			return err
-		}
-		if err := decode(old.Get(rawRef(t, b)), &rb); err != nil {
-			return err
-		}
-		rb.Seq = ra.Seq
-		return (&txn{tx: tx}).put(bucketKeyPackagesV3, rawRef(t, b), &rb)
-	})
-	err := openMigrated(t, e.path, nil)
-	if err == nil || !strings.Contains(err.Error(), string(a)) || !strings.Contains(err.Error(), string(b)) {
-		t.Fatalf("open with two KeyPackages at one key: %v, want an error naming %s and %s", err, a, b)
-	}
-	wantSchema3(t, e.path)
-	dump := dumpFile(t, e.path)
-	if moved := entries(dump, bucketKPs); moved%7 != 0 || entries(dump, bucketRefs) != moved {
-		t.Errorf("%d KeyPackages moved, with %d refs entries, in batches of 7", moved, entries(dump, bucketRefs))
-	}
-	has := func(bucket []byte, ref kpd.Ref) bool {
-		return slices.ContainsFunc(dump, func(l string) bool { return strings.HasPrefix(l, string(bucket)+"/"+string(ref)+" = ") })
-	}
-	for _, ref := range refs {
-		if has(bucketRefs, ref) == has(bucketKeyPackagesV3, ref) {
-			t.Errorf("KeyPackage %s: moved %v, in key_packages %v", ref, has(bucketRefs, ref), has(bucketKeyPackagesV3, ref))
-		}
+	for _, unlist := range []bool{false, true} {
+		t.Run(fmt.Sprintf("unlisted=%v", unlist), func(t *testing.T) {
+			setMigrateBatch(t, 7)
+			e := openTestDB(t)
+			refs := e.publishN(t, bob, "phone", 1, 30)
+			a, b := refs[3], refs[20]
+			e.closeAsSchema3(t, func(tx *bolt.Tx) error {
+				var ra, rb kpRecord
+				old := tx.Bucket(bucketKeyPackagesV3)
+				if err := decode(old.Get(rawRef(t, a)), &ra); err != nil {
+					return err
+				}
+				if err := decode(old.Get(rawRef(t, b)), &rb); err != nil {
+					return err
+				}
+				if unlist {
+					if err := tx.Bucket(bucketDeviceKPsV3).Delete(index.DeviceRef(bob, "phone", rawRef(t, b))); err != nil {
+						return err
+					}
+				}
+				rb.Seq = ra.Seq
+				return (&txn{tx: tx}).put(bucketKeyPackagesV3, rawRef(t, b), &rb)
+			})
+			err := openMigrated(t, e.path, nil)
+			if err == nil || !strings.Contains(err.Error(), string(a)) || !strings.Contains(err.Error(), string(b)) {
+				t.Fatalf("open with two KeyPackages at one key: %v, want an error naming %s and %s", err, a, b)
+			}
+			wantSchema3(t, e.path)
+			dump := dumpFile(t, e.path)
+			listed, left := entries(dump, bucketDeviceKPsV3), entries(dump, bucketKeyPackagesV3)
+			// Each pass commits whole batches of 7 until it runs out.
+			copied, indexed := len(refs)-listed, len(refs)-left
+			if unlist {
+				copied--
+			}
+			if (listed > 0 && copied%7 != 0) || indexed%7 != 0 {
+				t.Errorf("%d KeyPackages copied (%d left), %d indexed: not whole batches of 7", copied, listed, indexed)
+			}
+			has := func(bucket []byte, ref kpd.Ref) bool {
+				return slices.ContainsFunc(dump, func(l string) bool { return strings.HasPrefix(l, string(bucket)+"/"+string(ref)+" = ") })
+			}
+			for _, ref := range refs {
+				if has(bucketRefs, ref) == has(bucketKeyPackagesV3, ref) {
+					t.Errorf("KeyPackage %s: indexed %v, in key_packages %v", ref, has(bucketRefs, ref), has(bucketKeyPackagesV3, ref))
+				}
+			}
+		})
 	}
 }
 

@@ -252,8 +252,8 @@ func TestVerifyCommand(t *testing.T) {
 }
 
 // TestServeMigratesSchema3 runs kpd on a database of schema 3 (kv's test
-// data, 12 KeyPackages): kpd verify refuses it, kpd serve migrates it and
-// logs its progress, and kpd verify then finds it sound.
+// data, 12 KeyPackages, so 24 steps): kpd verify refuses it, kpd serve
+// migrates it and logs its progress, and kpd verify then finds it sound.
 func TestServeMigratesSchema3(t *testing.T) {
 	fx := loadFixture(t)
 	ctx := context.Background()
@@ -279,7 +279,7 @@ func TestServeMigratesSchema3(t *testing.T) {
 	if err := srv.Close(); err != nil {
 		t.Fatal(err)
 	}
-	progress := regexp.MustCompile(`"level":"info","moved":12,"total":12,.*"message":"migrating KeyPackages to schema 4"`)
+	progress := regexp.MustCompile(`"level":"info","done":24,"total":24,.*"message":"migrating KeyPackages to schema 4"`)
 	if logs := stderr.String(); !progress.MatchString(logs) {
 		t.Errorf("the migration's progress is not in the log:\n%s", logs)
 	}

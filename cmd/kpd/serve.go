@@ -207,8 +207,8 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	storeOpts.MigrationProgress = func(moved, total int) {
-		logger.Info().Int("moved", moved).Int("total", total).Msg("migrating KeyPackages to schema 4")
+	storeOpts.MigrationProgress = func(done, total int) {
+		logger.Info().Int("done", done).Int("total", total).Msg("migrating KeyPackages to schema 4")
 	}
 	db, err := kv.Open(c.db, storeOpts)
 	if err != nil {
