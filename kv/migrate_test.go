@@ -517,7 +517,7 @@ func TestMigrationToV4Resumes(t *testing.T) {
 	want := dumpFile(t, clean)
 	// Both passes take every KeyPackage, 7 at a time.
 	batches := len(progress.done)
-	if min := 2 * ((n + 6) / 7); batches < min {
+	if least := 2 * ((n + 6) / 7); batches < least {
 		t.Fatalf("%d KeyPackages migrated in %d batches of at most 7", n, batches)
 	}
 
