@@ -219,7 +219,10 @@ var (
 	}
 
 	keySchemaVersion = []byte("schema_version")
-	keyStats         = []byte("stats") // statsRecord
+	// keyMigrating marks a database whose migration to schema 4 has begun
+	// and not finished (migrate.go); its value is the version it left, 3.
+	keyMigrating = []byte("migrating")
+	keyStats     = []byte("stats") // statsRecord
 )
 
 // schemaVersion is the layout this code reads and writes. Version 2 added
@@ -248,9 +251,12 @@ var migrations = map[uint64]migration{1: migrateToV2, 2: migrateToV3}
 // A read-only Open refuses a database of another schema version. A
 // read-write Open of a schema 3 database moves its KeyPackages to the
 // schema 4 layout in transactions of at most 20,000 KeyPackages (reporting
-// to Options.MigrationProgress): if it is interrupted, the file stays at
-// schema 3, with every committed transaction's KeyPackages moved, and the
-// next read-write Open carries on from there.
+// to Options.MigrationProgress). Its first transaction records schema 4
+// with a mark that the migration is unfinished, so that an older kpd
+// refuses the file (its schema is newer) and a read-only Open refuses it
+// too; if the migration is interrupted, every committed transaction's
+// KeyPackages stay moved and the next read-write Open carries on from
+// there.
 func Open(path string, opts *Options) (*DB, error) {
 	o := opts.withDefaults()
 	bdb, err := openBolt(path, o)
@@ -274,23 +280,40 @@ func Open(path string, opts *Options) (*DB, error) {
 
 // upgrade brings a database opened read-write to the current schema: the
 // opening transaction creates missing buckets and runs the migrations up
-// to schema 3; a schema 3 database then migrates to schema 4 in
-// transactions of its own. Either way the last transaction makes sure of
-// the store-wide counters (ensureStats).
+// to schema 3; a schema 3 database is then marked as migrating to schema 4
+// (keyMigrating) and migrates in transactions of its own, as does one
+// whose migration an earlier Open began. The last transaction makes sure
+// of the store-wide counters (ensureStats).
 func upgrade(bdb *bolt.DB, progress func(done, total int)) error {
 	var v uint64
+	migrating := false
 	err := bdb.Update(func(tx *bolt.Tx) error {
 		var err error
-		if v, err = initSchema(tx, schemaVersion, migrations); err != nil || v != schemaVersion {
+		if v, err = initSchema(tx, schemaVersion, migrations); err != nil {
 			return err
+		}
+		meta := tx.Bucket(bucketMeta)
+		if v == 3 {
+			if err := meta.Put(keyMigrating, index.Uint64(v)); err != nil {
+				return err
+			}
+			v = schemaVersion
+			if err := meta.Put(keySchemaVersion, index.Uint64(v)); err != nil {
+				return err
+			}
+		}
+		if migrating = meta.Get(keyMigrating) != nil; migrating || v != schemaVersion {
+			return nil
 		}
 		return ensureStats(tx)
 	})
 	switch {
-	case err != nil || v == schemaVersion:
+	case err != nil:
 		return err
-	case v != 3:
+	case v != schemaVersion:
 		return fmt.Errorf("no migration from schema version %d", v)
+	case !migrating:
+		return nil
 	}
 	if err := migrateToV4(bdb, progress); err != nil {
 		return fmt.Errorf("migrate schema 3 to 4: %w", err)
@@ -398,6 +421,9 @@ func checkSchema(tx *bolt.Tx) error {
 	}
 	if v != schemaVersion {
 		return fmt.Errorf("schema version %d, this kpd reads %d (open it read-write once to migrate)", v, schemaVersion)
+	}
+	if tx.Bucket(bucketMeta).Get(keyMigrating) != nil {
+		return errors.New("the migration to schema 4 is unfinished (open it read-write once to finish it)")
 	}
 	return nil
 }

@@ -127,9 +127,10 @@ var beforeMigrateCommit func(batch int, final bool) error
 //     their refs entry and are deleted, those that device_key_packages
 //     did not list (there should be none) copied to kps first.
 //
-// The schema version stays 3 until the final transaction, which sets the
-// Heads, deletes the old buckets and records schema 4: a migration
-// interrupted at any point leaves a schema 3 database whose
+// The opening transaction recorded schema 4 and keyMigrating (see
+// upgrade), so that no kpd but this one reads the file in between; the
+// final transaction sets the Heads, deletes the old buckets and the mark.
+// A migration interrupted at any point leaves a marked database whose
 // device_key_packages lists what is left to copy and whose key_packages
 // holds what is left to index, and the next Open carries on from there.
 // progress, if not nil, hears after each batch (see
@@ -276,7 +277,8 @@ func copyToV4(t *txn, r *kpRecord) error {
 // finishV4 ends the migration to schema 4 once every KeyPackage has moved:
 // it sets the pool Heads, raises kps' sequence to key_packages' (which may
 // have passed seqs whose KeyPackages are gone), deletes the buckets of
-// schema 3, records schema 4 and makes sure of the store-wide counters.
+// schema 3 and the mark of an unfinished migration, and makes sure of the
+// store-wide counters.
 func finishV4(tx *bolt.Tx) error {
 	kps := tx.Bucket(bucketKPs)
 	if err := kps.SetSequence(max(kps.Sequence(), tx.Bucket(bucketKeyPackagesV3).Sequence())); err != nil {
@@ -290,7 +292,7 @@ func finishV4(tx *bolt.Tx) error {
 			return fmt.Errorf("delete bucket %s: %w", name, err)
 		}
 	}
-	if err := tx.Bucket(bucketMeta).Put(keySchemaVersion, index.Uint64(schemaVersion)); err != nil {
+	if err := tx.Bucket(bucketMeta).Delete(keyMigrating); err != nil {
 		return err
 	}
 	return ensureStats(tx)

@@ -247,6 +247,36 @@ func wantSchema3(t *testing.T, path string) {
 	}
 }
 
+// wantMigrating fails the test unless the file at path is a database
+// whose migration to schema 4 began and did not finish: read-only opens,
+// VerifyFile included, refuse it and tell to open read-write, and a kpd
+// that reads schema 3 (its initSchema) refuses it as newer than itself.
+func wantMigrating(t *testing.T, path string) {
+	t.Helper()
+	const want = "the migration to schema 4 is unfinished (open it read-write once to finish it)"
+	if db, err := Open(path, &Options{ReadOnly: true}); err == nil || !strings.Contains(err.Error(), want) {
+		if err == nil {
+			db.Close()
+		}
+		t.Fatalf("read-only open of a database migrating to schema 4: %v", err)
+	}
+	if vs, err := VerifyFile(path, time.Second); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("VerifyFile of a database migrating to schema 4: %v, %v", vs, err)
+	}
+	bdb, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bdb.Close()
+	err = bdb.Update(func(tx *bolt.Tx) error {
+		_, err := initSchema(tx, 3, migrations)
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "schema version 4 is newer than this kpd's 3") {
+		t.Fatalf("a schema 3 kpd opening a database migrating to schema 4: %v", err)
+	}
+}
+
 // eachMigrateBatch runs test with the default batch size of the migration
 // to schema 4 and with batches of 7 KeyPackages, so that a migration takes
 // many batches and some of them end inside a device's KeyPackages.
@@ -530,7 +560,7 @@ func TestMigrationToV4Resumes(t *testing.T) {
 				t.Fatalf("open with batch %d failing: %v", k, err)
 			}
 			beforeMigrateCommit = nil
-			wantSchema3(t, path)
+			wantMigrating(t, path)
 			done := 0
 			if k > 0 {
 				done = progress.done[k-1]
@@ -623,7 +653,7 @@ func TestMigrationToV4RefusesDuplicateKeys(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), string(a)) || !strings.Contains(err.Error(), string(b)) {
 				t.Fatalf("open with two KeyPackages at one key: %v, want an error naming %s and %s", err, a, b)
 			}
-			wantSchema3(t, e.path)
+			wantMigrating(t, e.path)
 			dump := dumpFile(t, e.path)
 			listed, left := entries(dump, bucketDeviceKPsV3), entries(dump, bucketKeyPackagesV3)
 			// Each pass commits whole batches of 7 until it runs out.
