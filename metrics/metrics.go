@@ -101,7 +101,7 @@ func New(opts Options) *Metrics {
 			Help:    "Time of one store write transaction, fsync included.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}}),
 		rateLimited:       counter("rate_limited_total", "Requests refused by a rate limit, by limit.", "limit"),
-		webhookDeliveries: counter("webhook_deliveries_total", "Webhook delivery attempts, by outcome: delivered, failed (retried) or dropped (failed and given up: the event was older than the maximum age).", "outcome"),
+		webhookDeliveries: counter("webhook_deliveries_total", "Webhook delivery attempts, by outcome: delivered, failed (retried) or given_up (failed, and the event was older than the maximum age: deleted undelivered).", "outcome"),
 		sweepDeleted:      counter("sweep_deleted_total", "Records the sweeper deleted or expired, by kind.", "kind"),
 		sweepFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "sweep_failures_total",
 			Help: "Sweeps that failed (logged)."}),
@@ -165,7 +165,7 @@ func (m *Metrics) initLabels() {
 	for _, l := range []string{ratelimit.PublishPerDID, ratelimit.ClaimsPerPair, ratelimit.ClaimsPerClaimer} {
 		m.rateLimited.WithLabelValues(l)
 	}
-	for _, o := range []string{webhook.OutcomeDelivered, webhook.OutcomeFailed, webhook.OutcomeDropped} {
+	for _, o := range []string{webhook.OutcomeDelivered, webhook.OutcomeFailed, webhook.OutcomeGivenUp} {
 		m.webhookDeliveries.WithLabelValues(o)
 	}
 }

@@ -56,7 +56,7 @@ func TestCounters(t *testing.T) {
 	m.ObserveRequest("unmatched", 404, time.Millisecond)
 	m.RateLimited("claims_per_pair")
 	m.WebhookDelivery("failed")
-	m.WebhookDelivery("dropped")
+	m.WebhookDelivery("given_up")
 	m.Swept("expired_key_packages", 4)
 	m.Swept("claims_purged", 0)
 	m.SweepFailed()
@@ -77,7 +77,7 @@ func TestCounters(t *testing.T) {
 		"InvalidWelcome": 1, "NoMatchingKeyPackage": 0, "Other": 0})
 	s.want(t, "kpd_rate_limited_total", "limit", map[string]float64{
 		"claims_per_pair": 1, "claims_per_claimer": 0, "publish_per_did": 0})
-	s.want(t, "kpd_webhook_deliveries_total", "outcome", map[string]float64{"failed": 1, "delivered": 0, "dropped": 1})
+	s.want(t, "kpd_webhook_deliveries_total", "outcome", map[string]float64{"failed": 1, "delivered": 0, "given_up": 1})
 	s.want(t, "kpd_sweep_deleted_total", "kind", map[string]float64{"expired_key_packages": 4, "claims_purged": 0})
 	if got := s.value(t, "kpd_welcomes_posted_total"); got != 1 {
 		t.Errorf("welcomes posted = %v, want 1", got)

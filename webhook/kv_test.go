@@ -201,7 +201,7 @@ func (f *refusedFirst) wantBlocked(t *testing.T, step string) {
 	if n := f.attemptsOf(f.a2); n != 0 {
 		t.Fatalf("%s: a2 attempted %d times while a1 fails", step, n)
 	}
-	if n := f.obs.get(webhook.OutcomeDropped); n != 0 {
+	if n := f.obs.get(webhook.OutcomeGivenUp); n != 0 {
 		t.Fatalf("%s: observer saw %d drops", step, n)
 	}
 }
@@ -244,7 +244,7 @@ func TestDispatcherGivesUpOldEvents(t *testing.T) {
 	}
 	// Every attempt of a1 but the last failed and was retried after a
 	// backoff; the last one dropped it, with no backoff.
-	if dropped, failed := f.obs.get(webhook.OutcomeDropped), f.obs.get(webhook.OutcomeFailed); dropped != 1 || failed != attempts[f.a1.ID]-1 {
+	if dropped, failed := f.obs.get(webhook.OutcomeGivenUp), f.obs.get(webhook.OutcomeFailed); dropped != 1 || failed != attempts[f.a1.ID]-1 {
 		t.Fatalf("observer: %d dropped, %d failed; want 1 and %d", dropped, failed, attempts[f.a1.ID]-1)
 	}
 	if n := f.backoffs.Load(); n != int64(attempts[f.a1.ID]-1) {

@@ -57,9 +57,9 @@ const (
 	// OutcomeFailed: the attempt failed; the event is retried after a
 	// backoff.
 	OutcomeFailed = "failed"
-	// OutcomeDropped: the attempt failed and the event was older than
+	// OutcomeGivenUp: the attempt failed and the event was older than
 	// Dispatcher.MaxAge: it is deleted undelivered and never retried.
-	OutcomeDropped = "dropped"
+	OutcomeGivenUp = "given_up"
 )
 
 // Source is the durable outbox; *kv.DB implements it.
@@ -89,17 +89,17 @@ type Dispatcher struct {
 	// MaxAge gives events up: when an attempt fails and the event was
 	// created (kpd.Event.CreatedAt) more than MaxAge before Clock, the
 	// event is deleted from the outbox undelivered, reported as
-	// OutcomeDropped, and its device's next event is attempted without
+	// OutcomeGivenUp, and its device's next event is attempted without
 	// waiting for a backoff. A receiver that refuses an event for ever
 	// then holds up its device's later events for little more than MaxAge
 	// (until the first attempt after it). 0 means never give up.
 	MaxAge time.Duration
-	// Logger receives a line per failed attempt (warn), per dropped event
+	// Logger receives a line per failed attempt (warn), per event given up
 	// (error) and per delivered event (debug). It never sees the secret or
 	// the request body.
 	Logger zerolog.Logger
 	// Observer, when set, is called with OutcomeDelivered, OutcomeFailed
-	// or OutcomeDropped after every attempt (for the
+	// or OutcomeGivenUp after every attempt (for the
 	// kpd_webhook_deliveries_total metric).
 	Observer func(outcome string)
 	// PollInterval is how often the outbox is read when Notify is not
@@ -349,14 +349,14 @@ func (p *passes) drop(key deviceKey, ev kpd.Event, age time.Duration, err error)
 		failures += rt.failures
 	}
 	delete(p.retries, key)
-	p.d.observe(OutcomeDropped)
+	p.d.observe(OutcomeGivenUp)
 	p.d.Logger.Error().Err(err).
 		Str("event_id", ev.ID).
 		Str("type", ev.Type).
 		Dur("age", age).
 		Dur("max_age", p.d.MaxAge).
 		Int("failures", failures).
-		Msg("webhook event dropped")
+		Msg("webhook event given up")
 }
 
 func (d *Dispatcher) observe(outcome string) {
