@@ -235,15 +235,21 @@ func (e *env) reopenAsSchema3(t *testing.T, opts ...func(*Options)) {
 // and tell to open read-write.
 func wantSchema3(t *testing.T, path string) {
 	t.Helper()
-	const want = "schema version 3, this kpd reads 4 (open it read-write once to migrate)"
+	wantReadOnlyRefused(t, path, "schema version 3, this kpd reads 4 (open it read-write once to migrate)")
+}
+
+// wantReadOnlyRefused fails the test unless a read-only Open and VerifyFile
+// of the file at path fail with an error containing want.
+func wantReadOnlyRefused(t *testing.T, path, want string) {
+	t.Helper()
 	if db, err := Open(path, &Options{ReadOnly: true}); err == nil || !strings.Contains(err.Error(), want) {
 		if err == nil {
 			db.Close()
 		}
-		t.Fatalf("read-only open of a schema 3 database: %v", err)
+		t.Fatalf("read-only open: %v, want %q", err, want)
 	}
 	if vs, err := VerifyFile(path, time.Second); err == nil || !strings.Contains(err.Error(), want) {
-		t.Fatalf("VerifyFile of a schema 3 database: %v, %v", vs, err)
+		t.Fatalf("VerifyFile: %v, %v, want %q", vs, err, want)
 	}
 }
 
@@ -253,16 +259,7 @@ func wantSchema3(t *testing.T, path string) {
 // that reads schema 3 (its initSchema) refuses it as newer than itself.
 func wantMigrating(t *testing.T, path string) {
 	t.Helper()
-	const want = "the migration to schema 4 is unfinished (open it read-write once to finish it)"
-	if db, err := Open(path, &Options{ReadOnly: true}); err == nil || !strings.Contains(err.Error(), want) {
-		if err == nil {
-			db.Close()
-		}
-		t.Fatalf("read-only open of a database migrating to schema 4: %v", err)
-	}
-	if vs, err := VerifyFile(path, time.Second); err == nil || !strings.Contains(err.Error(), want) {
-		t.Fatalf("VerifyFile of a database migrating to schema 4: %v, %v", vs, err)
-	}
+	wantReadOnlyRefused(t, path, "the migration to schema 4 is unfinished (open it read-write once to finish it)")
 	bdb, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -99,15 +99,9 @@ func TestDispatcherWithStore(t *testing.T) {
 	publishAndDrain(t, db, "did:plc:bob", "laptop")
 	d.Notify()
 
-	testkit.Eventually(t, "the outbox to empty", func() bool {
-		evs, err := db.PendingEvents(context.Background(), 0, 10)
-		return err == nil && len(evs) == 0
-	})
+	testkit.Eventually(t, "the outbox to empty", func() bool { return len(pendingEvents(t, db)) == 0 })
 	got, _ := rc.snapshot()
-	var types []string
-	for _, ev := range got {
-		types = append(types, ev.DID+" "+ev.Type)
-	}
+	types := didTypes(got)
 	want := []string{
 		"did:plc:alice " + kpd.EventKeyPackagesLow, "did:plc:alice " + kpd.EventKeyPackagesExhausted,
 		"did:plc:bob " + kpd.EventKeyPackagesLow, "did:plc:bob " + kpd.EventKeyPackagesExhausted,
@@ -121,6 +115,16 @@ func TestDispatcherWithStore(t *testing.T) {
 }
 
 // pendingEvents returns every event in db's outbox.
+// didTypes describes each event as "DID type", in order.
+func didTypes(evs []kpd.Event) []string {
+	var out []string
+	for _, ev := range evs {
+		out = append(out, ev.DID+" "+ev.Type)
+	}
+	return out
+}
+
+// pendingEvents returns the undelivered events of db's outbox.
 func pendingEvents(t *testing.T, db *kv.DB) []kpd.Event {
 	t.Helper()
 	evs, err := db.PendingEvents(context.Background(), 0, 1000)
@@ -227,10 +231,7 @@ func TestDispatcherGivesUpOldEvents(t *testing.T) {
 	f.clock.Advance(time.Second)
 	testkit.Eventually(t, "the outbox to empty", func() bool { return len(pendingEvents(t, f.db)) == 0 })
 	got, attempts := f.rc.snapshot()
-	var order []string
-	for _, ev := range got {
-		order = append(order, ev.DID+" "+ev.Type)
-	}
+	order := didTypes(got)
 	want := []string{
 		"did:plc:bob " + kpd.EventKeyPackagesLow, "did:plc:bob " + kpd.EventKeyPackagesExhausted,
 		"did:plc:bob " + kpd.EventKeyPackagesLow, "did:plc:bob " + kpd.EventKeyPackagesExhausted,

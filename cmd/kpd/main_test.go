@@ -17,6 +17,8 @@ import (
 	"github.com/kpd-dir/kpd/client"
 	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/kv"
+	"github.com/kpd-dir/kpd/mls"
+	"github.com/kpd-dir/kpd/mls/mlstest"
 )
 
 const aliceDID = testkit.AliceDID
@@ -33,6 +35,20 @@ func loadFixture(t *testing.T) fixture {
 	t.Helper()
 	kp := testkit.Fixtures(t).Suite(t, 1).KeyPackages["alice_dev1"]
 	return fixture{keyPackage: kp.Message, ref: kp.Ref(), now: kp.Now()}
+}
+
+// postWelcome posts, as c, a suite 1 Welcome for the fixture's KeyPackage.
+func (fx fixture) postWelcome(t *testing.T, ctx context.Context, c *client.Client) {
+	t.Helper()
+	suite, _ := mls.NewRegistry().Lookup(1)
+	ref, _ := fx.ref.Bytes()
+	welcome, err := mlstest.Welcome(suite, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.PostWelcome(ctx, "convo", welcome); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // newMain returns a Main with captured output, an environment of its own and

@@ -17,8 +17,6 @@ import (
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/client"
 	"github.com/kpd-dir/kpd/internal/testkit"
-	"github.com/kpd-dir/kpd/mls"
-	"github.com/kpd-dir/kpd/mls/mlstest"
 	"github.com/kpd-dir/kpd/webhook"
 )
 
@@ -133,15 +131,7 @@ func TestServeOperations(t *testing.T) {
 	if err != nil || len(claim.KeyPackages) != 1 {
 		t.Fatalf("claim = %+v, %v", claim, err)
 	}
-	suite, _ := mls.NewRegistry().Lookup(1)
-	ref, _ := fx.ref.Bytes()
-	welcome, err := mlstest.Welcome(suite, ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bob.PostWelcome(ctx, "convo", welcome); err != nil {
-		t.Fatal(err)
-	}
+	fx.postWelcome(t, ctx, bob)
 
 	// The claim emptied dev1's pool; the Welcome awaits it.
 	waitFor(t, "two webhook events", func() bool { return len(sink.types()) >= 2 })

@@ -18,8 +18,6 @@ import (
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/client"
 	"github.com/kpd-dir/kpd/kv"
-	"github.com/kpd-dir/kpd/mls"
-	"github.com/kpd-dir/kpd/mls/mlstest"
 )
 
 func TestParseSize(t *testing.T) {
@@ -155,15 +153,7 @@ func TestServeStoreFlags(t *testing.T) {
 		t.Fatalf("after the claim, want one pending event and none dropped:\n%s", grepLines(body, "kpd_webhook_"))
 	}
 
-	suite, _ := mls.NewRegistry().Lookup(1)
-	ref, _ := fx.ref.Bytes()
-	welcome, err := mlstest.Welcome(suite, ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bob.PostWelcome(ctx, "convo", welcome); err != nil {
-		t.Fatal(err)
-	}
+	fx.postWelcome(t, ctx, bob)
 	_, body = httpGet(t, metricsURL, "")
 	if !strings.Contains(body, "kpd_webhook_pending_events 1") || !strings.Contains(body, "kpd_webhook_dropped_events_total 1") {
 		t.Fatalf("after the Welcome, want one pending event and one dropped:\n%s", grepLines(body, "kpd_webhook_"))
