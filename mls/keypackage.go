@@ -102,9 +102,10 @@ type Extension struct {
 //
 // The two forms are told apart this way: when the second uint16 of b is 5
 // (mls_key_package), b is first parsed as an MLSMessage; if that parses
-// completely with no trailing bytes it is one. Otherwise b is parsed as a
-// bare KeyPackage (whose second uint16 is its cipher suite, which may also
-// be 5). When neither parses, b is taken for an MLSMessage if the two bytes
+// completely with no trailing bytes, and its KeyPackage has the
+// MLSMessage's version, it is one. Otherwise b is parsed as a bare
+// KeyPackage (whose second uint16 is its cipher suite, which may also be
+// 5); if that fails too, an MLSMessage that parsed is taken as one. When neither parses, b is taken for an MLSMessage if the two bytes
 // after the MLSMessage header (the KeyPackage version) equal its first two
 // (the MLSMessage version): the error is then that of the MLSMessage form,
 // or a wrong wire_format. Otherwise it is the bare form's error.
@@ -127,7 +128,7 @@ func ParseKeyPackage(b []byte) (*KeyPackage, error) {
 // parsed KeyPackage, whose version and cipher suite are known, so that
 // ValidateKeyPackage can report an unsupported cipher suite first.
 func decodeKeyPackage(b []byte) (*KeyPackage, *Error) {
-	m, err := decodeMessage(b, WireFormatKeyPackage, "key_package", looksLikeFramedKeyPackage, (*decoder).keyPackage)
+	m, err := decodeMessage(b, WireFormatKeyPackage, "key_package", looksLikeFramedKeyPackage, (*decoder).keyPackage, sameVersion)
 	if err != nil && (m.body == nil || err.Code != CodeInvalidKeyPackage) {
 		return nil, err
 	}
@@ -140,6 +141,13 @@ func decodeKeyPackage(b []byte) (*KeyPackage, *Error) {
 	}
 	return kp, err
 }
+
+// sameVersion reports whether an MLSMessage's KeyPackage has the
+// MLSMessage's version, as every real one does. Bytes that parse as both
+// forms, a bare KeyPackage of cipher suite 5 being one such, are an
+// MLSMessage only then: in a bare KeyPackage, the bytes where the framed
+// KeyPackage's version would be start init_key.
+func sameVersion(version uint16, kp *KeyPackage) bool { return kp.Version == version }
 
 // looksLikeFramedKeyPackage reports whether b, which parses neither as an
 // MLSMessage nor as a bare KeyPackage, looks like an MLSMessage: the

@@ -18,7 +18,9 @@ type message[T any] struct {
 // decodeMessage decodes b as an MLSMessage of the given wire format or as a
 // bare body named name ("key_package", "welcome"). When the second uint16 of
 // b is the wire format, the MLSMessage form is tried first; b is bare when
-// that fails and the bare form parses. When neither parses, looksFramed
+// that fails, or parses but agrees (if not nil) rejects it, and the bare
+// form parses. A parsed MLSMessage that agrees rejected is the answer when
+// the bare form does not parse either. When neither parses, looksFramed
 // decides which error to report: if b looks like an MLSMessage, the
 // MLSMessage form's error, or a wrong wire_format; if not, the bare form's.
 // looksFramed must be false for inputs shorter than 4 bytes.
@@ -26,10 +28,11 @@ type message[T any] struct {
 // It fully decodes the structure and rejects trailing bytes, but checks no
 // version. With an error it also returns the partly decoded body.
 func decodeMessage[T any](b []byte, wire uint16, name string, looksFramed func([]byte) bool,
-	decode func(*decoder, *T)) (message[T], *Error) {
+	decode func(*decoder, *T), agrees func(version uint16, body *T) bool) (message[T], *Error) {
 	var (
-		framed    message[T]
-		framedErr *Error
+		framed       message[T]
+		framedErr    *Error
+		framedParsed bool
 	)
 	if len(b) >= 4 && binary.BigEndian.Uint16(b[2:]) == wire {
 		framed = message[T]{body: new(T), framed: true, bodyOffset: 4}
@@ -38,10 +41,14 @@ func decodeMessage[T any](b []byte, wire uint16, name string, looksFramed func([
 		d.uint16("mls_message.wire_format")
 		decode(d, framed.body)
 		d.finish("mls_message")
-		if d.err == nil {
+		switch {
+		case d.err != nil:
+			framedErr = d.err
+		case agrees == nil || agrees(framed.version, framed.body):
 			return framed, nil
+		default:
+			framedParsed = true
 		}
-		framedErr = d.err
 	}
 	bare := message[T]{body: new(T)}
 	d := newDecoder(b)
@@ -50,6 +57,8 @@ func decodeMessage[T any](b []byte, wire uint16, name string, looksFramed func([
 	switch {
 	case d.err == nil:
 		return bare, nil
+	case framedParsed:
+		return framed, nil
 	case !looksFramed(b):
 		return bare, d.err
 	case framedErr != nil:

@@ -48,7 +48,7 @@ func ParseWelcome(b []byte) (*Welcome, error) {
 }
 
 func decodeWelcome(b []byte) (*Welcome, *Error) {
-	m, err := decodeMessage(b, WireFormatWelcome, "welcome", looksLikeFramedWelcome, (*decoder).welcome)
+	m, err := decodeMessage(b, WireFormatWelcome, "welcome", looksLikeFramedWelcome, (*decoder).welcome, nil)
 	if err != nil {
 		return nil, err
 	}
