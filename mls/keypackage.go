@@ -276,13 +276,16 @@ func (kp *KeyPackage) LastResort() bool {
 // is signed over group data a KeyPackage does not carry);
 // UnsupportedCipherSuite when s is not kp's suite.
 func (kp *KeyPackage) VerifySignatures(s Suite) error {
-	if err := kp.verifySignatures(s); err != nil {
+	if err := kp.verifySignatures(s, nil); err != nil {
 		return err
 	}
 	return nil
 }
 
-func (kp *KeyPackage) verifySignatures(s Suite) *Error {
+// verifySignatures verifies both signatures now or, when batch is not nil
+// and the key is an Ed25519 key, adds them to batch for the caller to
+// verify; everything else is checked now either way.
+func (kp *KeyPackage) verifySignatures(s Suite, batch *ed25519Batch) *Error {
 	switch {
 	case s.ID != kp.CipherSuite:
 		return errorf(CodeUnsupportedCipherSuite, "key_package.cipher_suite",
@@ -296,6 +299,11 @@ func (kp *KeyPackage) verifySignatures(s Suite) *Error {
 	k, err := parseSignatureKey(s, kp.LeafNode.SignatureKey)
 	if err != nil {
 		return err
+	}
+	if ek, ok := k.(ed25519Key); ok && batch != nil {
+		batch.add(ek, SignContent("LeafNodeTBS", kp.LeafNode.tbs), kp.LeafNode.Signature)
+		batch.add(ek, SignContent("KeyPackageTBS", kp.tbs), kp.Signature)
+		return nil
 	}
 	if err := verifyWithLabel(k, "key_package.leaf_node.signature", "LeafNodeTBS", kp.LeafNode.tbs, kp.LeafNode.Signature); err != nil {
 		return err

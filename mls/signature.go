@@ -3,7 +3,6 @@ package mls
 import (
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/elliptic"
 	"fmt"
 
@@ -26,19 +25,6 @@ var signatureSchemes = map[string]func(pub []byte) (publicKey, error){
 	"p384":    ecdsaParser(elliptic.P384(), crypto.SHA384),
 	"p521":    ecdsaParser(elliptic.P521(), crypto.SHA512),
 	"mldsa87": parseMLDSA87,
-}
-
-type ed25519Key ed25519.PublicKey
-
-func parseEd25519(pub []byte) (publicKey, error) {
-	if len(pub) != ed25519.PublicKeySize {
-		return nil, keySizeError(len(pub), ed25519.PublicKeySize)
-	}
-	return ed25519Key(pub), nil
-}
-
-func (k ed25519Key) verify(msg, sig []byte) bool {
-	return ed25519.Verify(ed25519.PublicKey(k), msg, sig)
 }
 
 type ed448Key ed448.PublicKey

@@ -79,14 +79,65 @@ func unixTime(sec uint64) time.Time {
 //     with did + "#" (unless p.SkipIdentityCheck); x509 only with
 //     p.AllowX509 [IdentityMismatch].
 func (r *Registry) ValidateKeyPackage(b []byte, did string, p Policy) (*Validated, error) {
-	v, err := r.validateKeyPackage(b, did, p)
+	v, err := r.validateKeyPackage(b, did, p, nil)
 	if err != nil {
 		return nil, err
 	}
 	return v, nil
 }
 
-func (r *Registry) validateKeyPackage(b []byte, did string, p Policy) (*Validated, *Error) {
+// ValidateKeyPackages validates each KeyPackage of batch as
+// ValidateKeyPackage does, with the same results and errors, in batch order
+// (a nil error for a valid one). The Ed25519 signatures of the batch are
+// verified together, which takes about half the CPU of verifying them one by
+// one; if that fails, the KeyPackages that took part are validated one by
+// one to say which are bad.
+func (r *Registry) ValidateKeyPackages(batch [][]byte, did string, p Policy) ([]*Validated, []error) {
+	vs := make([]*Validated, len(batch))
+	errs := make([]error, len(batch))
+	var sigs ed25519Batch
+	var deferred []int // the KeyPackages whose signatures are in sigs
+	one := func(i int) {
+		v, err := r.validateKeyPackage(batch[i], did, p, nil)
+		vs[i], errs[i] = v, asError(err)
+	}
+	for i, b := range batch {
+		n := sigs.len()
+		v, err := r.validateKeyPackage(b, did, p, &sigs)
+		switch {
+		case err == nil && sigs.len() > n:
+			vs[i] = v
+			deferred = append(deferred, i)
+		case err == nil:
+			vs[i] = v
+		case sigs.len() > n:
+			// A check after the signatures failed; a bad signature is
+			// reported before it, so check them now.
+			sigs.truncate(n)
+			one(i)
+		default:
+			errs[i] = err
+		}
+	}
+	if !sigs.verify() {
+		for _, i := range deferred {
+			one(i)
+		}
+	}
+	return vs, errs
+}
+
+// asError returns err as an error, nil when it is nil.
+func asError(err *Error) error {
+	if err == nil {
+		return nil
+	}
+	return err
+}
+
+// validateKeyPackage is ValidateKeyPackage; with a batch, its Ed25519
+// signature checks are added to batch instead of being done.
+func (r *Registry) validateKeyPackage(b []byte, did string, p Policy, batch *ed25519Batch) (*Validated, *Error) {
 	kp, parseErr := decodeKeyPackage(b)
 	if kp == nil {
 		return nil, parseErr
@@ -101,7 +152,7 @@ func (r *Registry) validateKeyPackage(b []byte, did string, p Policy) (*Validate
 	if err := kp.check(); err != nil {
 		return nil, err
 	}
-	if err := kp.verifySignatures(s); err != nil {
+	if err := kp.verifySignatures(s, batch); err != nil {
 		return nil, err
 	}
 	lt := kp.LeafNode.Lifetime
