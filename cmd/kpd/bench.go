@@ -62,6 +62,9 @@ func (m *Main) bench(ctx context.Context, args []string) error {
 		c.Progress = m.Stderr
 	}
 
+	if c.InProcess {
+		setServeGC(m.Getenv)
+	}
 	report, err := bench.Run(ctx, c)
 	if bench.IsConfigError(err) {
 		return usageErrorf("%v", err)

@@ -216,6 +216,9 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 	}
 	m.db = db
 	met.CollectStats(db)
+	// After kv.Open: a migration's heap is large, and default GC keeps it
+	// smaller.
+	gogc := setServeGC(m.Getenv)
 	if authn == nil {
 		authn = auth.NewTokenAuth(db)
 	}
@@ -301,6 +304,7 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 		Uints16("suites", suiteIDs).
 		Str("metrics", m.MetricsAddr()).
 		Str("webhook", c.webhook.target()).
+		Str("gogc", gogc).
 		Msg("kpd listening on http://" + ln.Addr().String())
 
 	m.startJob(ctx, (&jobs.Sweeper{
