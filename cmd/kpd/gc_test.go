@@ -2,6 +2,7 @@ package main
 
 import (
 	"runtime/debug"
+	"strconv"
 	"testing"
 )
 
@@ -9,8 +10,8 @@ func TestSetServeGC(t *testing.T) {
 	orig := debug.SetGCPercent(100)
 	defer debug.SetGCPercent(orig)
 
-	if got := setServeGC(func(string) string { return "" }); got != "400" {
-		t.Errorf("GOGC unset: setServeGC = %q, want 400", got)
+	if got := setServeGC(func(string) string { return "" }); got != strconv.Itoa(serveGCPercent) {
+		t.Errorf("GOGC unset: setServeGC = %q, want %d", got, serveGCPercent)
 	}
 	if prev := debug.SetGCPercent(100); prev != serveGCPercent {
 		t.Errorf("GOGC unset: GC percent %d, want %d", prev, serveGCPercent)
