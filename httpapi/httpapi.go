@@ -65,7 +65,7 @@ func orDefault[T int | int64](v, def T) T {
 }
 
 // Policy is the KeyPackage validation policy (SPEC section 3) beyond RFC
-// 9420. Its fields are passed to mls.Registry.ValidateKeyPackage unchanged:
+// 9420. Its fields are passed to mls.Registry.ValidateKeyPackages unchanged:
 // a zero MaxLifetime means unlimited and a zero ClockSkew allows none, so
 // callers pass the defaults (mls.DefaultMaxLifetime, mls.DefaultClockSkew)
 // explicitly.

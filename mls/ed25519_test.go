@@ -68,7 +68,13 @@ func (s rawSigner) sign(t *testing.T, msg []byte, T *edwards25519.Point, encR fu
 	}
 	R := new(edwards25519.Point).ScalarBaseMult(r)
 	R.Add(R, T)
-	rBytes := encR(R)
+	return s.finish(t, msg, encR(R), r)
+}
+
+// finish completes an RFC 8032 signature of msg whose R is encoded as
+// rBytes and whose nonce is r: S = r + k·a.
+func (s rawSigner) finish(t *testing.T, msg, rBytes []byte, r *edwards25519.Scalar) []byte {
+	t.Helper()
 	h := sha512.New()
 	h.Write(rBytes)
 	h.Write(s.pub)
@@ -206,17 +212,7 @@ func TestEd25519Rules(t *testing.T) {
 // encoded by encR.
 func (s rawSigner) signWithR(t *testing.T, msg []byte, P *edwards25519.Point, encR func(*edwards25519.Point) []byte) []byte {
 	t.Helper()
-	rBytes := encR(P)
-	h := sha512.New()
-	h.Write(rBytes)
-	h.Write(s.pub)
-	h.Write(msg)
-	k, err := new(edwards25519.Scalar).SetUniformBytes(h.Sum(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	S := new(edwards25519.Scalar).Multiply(k, s.a)
-	return append(rBytes, S.Bytes()...)
+	return s.finish(t, msg, encR(P), edwards25519.NewScalar())
 }
 
 // addOrder returns the little-endian 32-byte s + l, for s < 2^256 - l.
