@@ -95,18 +95,19 @@ type validation struct {
 
 // validateBatch validates every KeyPackage of a publish batch for did, at
 // one policy time, and returns the outcomes in batch order. The signature
-// checks are nearly all of a publish's CPU, so a batch is cut into up to
-// GOMAXPROCS runs of consecutive KeyPackages, validated side by side, each
-// with its signatures verified together (mls.ValidateKeyPackages): under
-// light load a batch of 50 then takes a fraction of the time, and under
-// full load the CPUs are busy either way.
+// checks are nearly all of a publish's CPU, so a batch is dealt into up to
+// GOMAXPROCS runs (run r takes items r, r+runs, ..., so that a batch whose
+// suites cost differently is still shared evenly), validated side by side,
+// each with its signatures verified together (mls.ValidateKeyPackages):
+// under light load a batch of 50 then takes a fraction of the time, and
+// under full load the CPUs are busy either way.
 func (s *server) validateBatch(batch []byteString, did string) []validation {
 	policy := s.mlsPolicy()
 	out := make([]validation, len(batch))
-	run := func(lo, hi int) {
-		items := make([][]byte, 0, hi-lo)
-		at := make([]int, 0, hi-lo)
-		for i := lo; i < hi; i++ {
+	run := func(r, runs int) {
+		items := make([][]byte, 0, len(batch)/runs+1)
+		at := make([]int, 0, len(batch)/runs+1)
+		for i := r; i < len(batch); i += runs {
 			if b := batch[i]; len(b) > s.limits.MaxKeyPackageBytes {
 				out[i].err = &kpd.Error{Code: kpd.CodePayloadTooLarge,
 					Message: fmt.Sprintf("KeyPackage of %d bytes; at most %d", len(b), s.limits.MaxKeyPackageBytes)}
@@ -122,12 +123,12 @@ func (s *server) validateBatch(batch []byteString, did string) []validation {
 	}
 	runs := min(runtime.GOMAXPROCS(0), (len(batch)+minPerValidator-1)/minPerValidator)
 	if runs <= 1 {
-		run(0, len(batch))
+		run(0, 1)
 		return out
 	}
 	var wg sync.WaitGroup
 	for r := range runs {
-		wg.Go(func() { run(r*len(batch)/runs, (r+1)*len(batch)/runs) })
+		wg.Go(func() { run(r, runs) })
 	}
 	wg.Wait()
 	return out
