@@ -276,10 +276,7 @@ func (kp *KeyPackage) LastResort() bool {
 // is signed over group data a KeyPackage does not carry);
 // UnsupportedCipherSuite when s is not kp's suite.
 func (kp *KeyPackage) VerifySignatures(s Suite) error {
-	if err := kp.verifySignatures(s, nil); err != nil {
-		return err
-	}
-	return nil
+	return asError(kp.verifySignatures(s, nil))
 }
 
 // verifySignatures verifies both signatures now or, when batch is not nil

@@ -80,10 +80,7 @@ func unixTime(sec uint64) time.Time {
 //     p.AllowX509 [IdentityMismatch].
 func (r *Registry) ValidateKeyPackage(b []byte, did string, p Policy) (*Validated, error) {
 	v, err := r.validateKeyPackage(b, did, p, nil)
-	if err != nil {
-		return nil, err
-	}
-	return v, nil
+	return v, asError(err)
 }
 
 // ValidateKeyPackages validates each KeyPackage of batch as
@@ -105,11 +102,11 @@ func (r *Registry) ValidateKeyPackages(batch [][]byte, did string, p Policy) ([]
 		n := sigs.len()
 		v, err := r.validateKeyPackage(b, did, p, &sigs)
 		switch {
-		case err == nil && sigs.len() > n:
-			vs[i] = v
-			deferred = append(deferred, i)
 		case err == nil:
 			vs[i] = v
+			if sigs.len() > n {
+				deferred = append(deferred, i)
+			}
 		case sigs.len() > n:
 			// A check after the signatures failed; a bad signature is
 			// reported before it, so check them now.
