@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"crypto/sha512"
 	"encoding/hex"
+	"fmt"
+	"slices"
 	"testing"
 
 	"filippo.io/edwards25519"
@@ -128,16 +130,16 @@ func verifyBoth(t *testing.T, name string, s rawSigner, msg, sig []byte, want bo
 		t.Errorf("%s: verify = %v, want %v", name, got, want)
 	}
 	var one ed25519Batch
-	one.add(k.(ed25519Key), msg, sig)
+	one.add(k.(*ed25519Key), msg, sig)
 	if got := one.verify(); got != want {
 		t.Errorf("%s: batch of one = %v, want %v", name, got, want)
 	}
 	id := edwards25519.NewIdentityPoint()
 	var three ed25519Batch
 	for _, m := range [][]byte{[]byte("a"), []byte("b")} {
-		three.add(k.(ed25519Key), m, s.sign(t, m, id, (*edwards25519.Point).Bytes))
+		three.add(k.(*ed25519Key), m, s.sign(t, m, id, (*edwards25519.Point).Bytes))
 	}
-	three.add(k.(ed25519Key), msg, sig)
+	three.add(k.(*ed25519Key), msg, sig)
 	if got := three.verify(); got != want {
 		t.Errorf("%s: batch of three = %v, want %v", name, got, want)
 	}
@@ -225,4 +227,51 @@ func addOrder(s []byte) []byte {
 		out[i], carry = byte(v), v>>8
 	}
 	return out
+}
+
+// TestEd25519BatchKeys checks batches whose checks use several keys,
+// interleaved (the batch sums the terms of each key): they hold when every
+// signature is good, and fail when one is bad or is checked with another
+// signer's key.
+func TestEd25519BatchKeys(t *testing.T) {
+	id := edwards25519.NewIdentityPoint()
+	type check struct {
+		key      *ed25519Key
+		msg, sig []byte
+	}
+	var checks []check
+	signers := []rawSigner{newRawSigner(t), newRawSigner(t), newRawSigner(t)}
+	keys := make([]*ed25519Key, len(signers))
+	for i, s := range signers {
+		k, err := parseEd25519(s.pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[i] = k.(*ed25519Key)
+	}
+	for i := range 12 {
+		j := i * 7 % len(signers) // 0, 1, 2, 0, ...
+		msg := fmt.Appendf(nil, "message %d", i)
+		checks = append(checks, check{keys[j], msg, signers[j].sign(t, msg, id, (*edwards25519.Point).Bytes)})
+	}
+	batch := func(edit func(cs []check)) bool {
+		cs := slices.Clone(checks)
+		edit(cs)
+		var b ed25519Batch
+		for _, c := range cs {
+			b.add(c.key, c.msg, c.sig)
+		}
+		return b.verify()
+	}
+	if !batch(func([]check) {}) {
+		t.Error("a batch of good signatures by three keys fails")
+	}
+	for i := range checks {
+		if batch(func(cs []check) { cs[i].key = keys[(slices.Index(keys, cs[i].key)+1)%len(keys)] }) {
+			t.Errorf("check %d with another signer's key: the batch holds", i)
+		}
+		if batch(func(cs []check) { cs[i].msg = []byte("another message") }) {
+			t.Errorf("check %d of another message: the batch holds", i)
+		}
+	}
 }

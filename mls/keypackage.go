@@ -293,11 +293,11 @@ func (kp *KeyPackage) verifySignatures(s Suite, batch *ed25519Batch) *Error {
 	case kp.tbs == nil || kp.LeafNode.tbs == nil:
 		return errorf(CodeMalformed, "key_package", "KeyPackage was not produced by ParseKeyPackage")
 	}
-	k, err := parseSignatureKey(s, kp.LeafNode.SignatureKey)
+	k, err := batch.signatureKey(s, kp.LeafNode.SignatureKey)
 	if err != nil {
 		return err
 	}
-	if ek, ok := k.(ed25519Key); ok && batch != nil {
+	if ek, ok := k.(*ed25519Key); ok && batch != nil {
 		batch.add(ek, SignContent("LeafNodeTBS", kp.LeafNode.tbs), kp.LeafNode.Signature)
 		batch.add(ek, SignContent("KeyPackageTBS", kp.tbs), kp.Signature)
 		return nil
