@@ -147,7 +147,7 @@ func bareBoltClaim(b *testing.B, devices, perDevice, valueSize int) {
 		b.Fatal(err)
 	}
 	defer db.Close()
-	commit := newCommitter(db, DefaultMaxBatchSize, 0)
+	commit := newCommitter(db, DefaultMaxBatchSize, 0, commitHooks{})
 	defer commit.close()
 	name := []byte("pool")
 	device := func(i int64) string { return fmt.Sprintf("d%05d", i%int64(devices)) }

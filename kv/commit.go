@@ -23,6 +23,10 @@ import (
 // batches queue on the writer lock a few operations each, too long and the
 // disk idles.
 //
+// Every transaction runs begin before its operations and finish after them,
+// before it commits (the store-wide counters are merged there once per
+// commit, see DB.write).
+//
 // A failing operation rolls its whole transaction back; the committer then
 // runs it alone (its error goes to its caller) and re-runs the others
 // together, as DB.Batch does. Operations may therefore run more than once
@@ -33,6 +37,7 @@ type committer struct {
 	// linger is how long the writer waits, after the first operation of a
 	// batch, for others to join; 0 means not at all.
 	linger time.Duration
+	hooks  commitHooks
 
 	// commits and ops count the committed transactions and the
 	// operations they carried (WriteStats).
@@ -44,16 +49,25 @@ type committer struct {
 	done  chan struct{}
 }
 
+// commitHooks run in every write transaction of a committer: begin first,
+// finish after the operations. An error from finish rolls the transaction
+// back and goes to every operation in it.
+type commitHooks struct {
+	begin  func()
+	finish func(*bolt.Tx) error
+}
+
 type writeOp struct {
 	fn  func(*bolt.Tx) error
 	err chan error
 }
 
-func newCommitter(db *bolt.DB, maxOps int, linger time.Duration) *committer {
+func newCommitter(db *bolt.DB, maxOps int, linger time.Duration, hooks commitHooks) *committer {
 	c := &committer{
 		db:     db,
 		maxOps: maxOps,
 		linger: linger,
+		hooks:  hooks,
 		queue:  make(chan *writeOp, maxOps),
 		done:   make(chan struct{}),
 	}
@@ -138,7 +152,7 @@ func (c *committer) gather(batch []*writeOp) []*writeOp {
 func (c *committer) run(batch []*writeOp) {
 	for len(batch) > 0 {
 		failed := -1
-		err := c.db.Update(func(tx *bolt.Tx) error {
+		err := c.update(func(tx *bolt.Tx) error {
 			for i, op := range batch {
 				if err := call(op.fn, tx); err != nil {
 					failed = i
@@ -159,13 +173,29 @@ func (c *committer) run(batch []*writeOp) {
 		}
 		op := batch[failed]
 		batch = slices.Delete(batch, failed, failed+1)
-		err = c.db.Update(func(tx *bolt.Tx) error { return call(op.fn, tx) })
+		err = c.update(func(tx *bolt.Tx) error { return call(op.fn, tx) })
 		if err == nil {
 			c.commits.Add(1)
 			c.ops.Add(1)
 		}
 		op.err <- err
 	}
+}
+
+// update runs ops in a write transaction between the hooks.
+func (c *committer) update(ops func(*bolt.Tx) error) error {
+	return c.db.Update(func(tx *bolt.Tx) error {
+		if c.hooks.begin != nil {
+			c.hooks.begin()
+		}
+		if err := ops(tx); err != nil {
+			return err
+		}
+		if c.hooks.finish != nil {
+			return c.hooks.finish(tx)
+		}
+		return nil
+	})
 }
 
 // call runs fn, turning a panic into an error so that one operation cannot

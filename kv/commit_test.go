@@ -29,7 +29,7 @@ func openTestBolt(t *testing.T) *bolt.DB {
 // and the writer goes on committing the others.
 func TestCommitterPanic(t *testing.T) {
 	db := openTestBolt(t)
-	c := newCommitter(db, 8, 0)
+	c := newCommitter(db, 8, 0, commitHooks{})
 	defer c.close()
 	err := c.do(func(*bolt.Tx) error { panic("boom") })
 	if err == nil || !strings.Contains(err.Error(), "panic in write operation: boom") {
@@ -44,7 +44,7 @@ func TestCommitterPanic(t *testing.T) {
 // close may be called twice.
 func TestCommitterClose(t *testing.T) {
 	db := openTestBolt(t)
-	c := newCommitter(db, 4, 0)
+	c := newCommitter(db, 4, 0, commitHooks{})
 	const writers = 50
 	var wg sync.WaitGroup
 	errs := make([]error, writers)
@@ -82,7 +82,7 @@ func TestCommitterClose(t *testing.T) {
 // share the next commit, without any delay configured.
 func TestCommitterBatchesWhileBusy(t *testing.T) {
 	db := openTestBolt(t)
-	c := newCommitter(db, 64, 0)
+	c := newCommitter(db, 64, 0, commitHooks{})
 	defer c.close()
 	started, release := make(chan struct{}), make(chan struct{})
 	first := make(chan error, 1)

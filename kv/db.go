@@ -187,6 +187,11 @@ type DB struct {
 	// for Observer.CommitBatch; only write closures, which bbolt runs one
 	// at a time, touch it.
 	batch *commitBatch
+	// pending is what the operations of the write transaction in progress
+	// change in the store-wide counters, merged into meta/stats once
+	// before it commits (finishCommit); only the committer's goroutine
+	// touches it.
+	pending statsRecord
 }
 
 var _ kpd.Store = (*DB)(nil)
@@ -275,7 +280,10 @@ func Open(path string, opts *Options) (*DB, error) {
 		bdb.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	return &DB{bolt: bdb, opts: o, commit: newCommitter(bdb, o.MaxBatchSize, o.MaxBatchDelay)}, nil
+	db := &DB{bolt: bdb, opts: o}
+	db.commit = newCommitter(bdb, o.MaxBatchSize, o.MaxBatchDelay,
+		commitHooks{begin: db.beginCommit, finish: db.finishCommit})
+	return db, nil
 }
 
 // upgrade brings a database opened read-write to the current schema: the
@@ -490,8 +498,10 @@ func refuse(err error) error { return refusal{err} }
 // reset whatever it reports at its start and have no effect outside tx.
 // What fn leaves for after the commit (Observer calls, WaitWelcome wake-ups,
 // see txn) happens once, for its last run, and only if that run committed.
-// Before a run that wrote commits, its changes to the store-wide counters
-// are merged into meta/stats.
+// Its changes to the store-wide counters are merged into meta/stats with
+// those of the other operations of its commit, once, before the commit:
+// one read, merge and write of meta/stats per commit instead of one per
+// operation.
 func (db *DB) write(ctx context.Context, fn func(t *txn) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -515,7 +525,8 @@ func (db *DB) write(ctx context.Context, fn func(t *txn) error) error {
 		if err != nil {
 			return err
 		}
-		return t.flush()
+		db.pending.merge(&t.delta)
+		return nil
 	})
 	if err != nil {
 		return err
@@ -525,6 +536,17 @@ func (db *DB) write(ctx context.Context, fn func(t *txn) error) error {
 	}
 	db.afterCommit(t)
 	return refused
+}
+
+// beginCommit and finishCommit are the committer's hooks: a write
+// transaction's counter changes start at nothing and are merged into
+// meta/stats (with the outbox cap enforced) before it commits.
+func (db *DB) beginCommit() { db.pending = statsRecord{} }
+
+func (db *DB) finishCommit(tx *bolt.Tx) error {
+	t := db.newTxn(tx)
+	t.delta = db.pending
+	return t.flush()
 }
 
 // WriteStats are totals of the store's group commits since Open.

@@ -27,8 +27,9 @@ import (
 //     Welcomes; an outbox event, one to Events.
 //
 // Every write that saves a record adds to its txn's delta the record's
-// contribution after, less its contribution before; txn.flush merges the
-// delta into meta/stats before the transaction commits. Nothing is
+// contribution after, less its contribution before; the deltas of a
+// commit's operations are summed (DB.pending), and txn.flush merges the sum
+// into meta/stats before the transaction commits. Nothing is
 // counted by scanning, except once: when a database gets the counters
 // (a new one, or one from before schema 2) or when kpd.PoolSizeBounds
 // changed (ensureStats).
@@ -173,7 +174,7 @@ func (t *txn) stats() (*statsRecord, error) {
 	return &rec, err
 }
 
-// flush merges the operation's delta into the stored counters and enforces
+// flush merges t.delta into the stored counters and enforces
 // the outbox cap, before the transaction commits.
 func (t *txn) flush() error {
 	t.delta.normalize()

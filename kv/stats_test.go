@@ -1,12 +1,14 @@
 package kv
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -446,5 +448,68 @@ func TestStatsRecountWhenBoundsChange(t *testing.T) {
 	}
 	if got := e.stats(t); !reflect.DeepEqual(got, want) {
 		t.Fatalf("stats after reopen\n%+v\nwant\n%+v", got, want)
+	}
+}
+
+// TestStatsOfACommitWithAFailedOperation: the counters are merged once per
+// commit, from the operations of that commit. An operation that changes
+// counters and then fails rolls its commit back; the others commit again
+// without it, and the counters count only what they stored.
+func TestStatsOfACommitWithAFailedOperation(t *testing.T) {
+	e := newTestDB(t)
+	started, release := make(chan struct{}), make(chan struct{})
+	held := make(chan error, 1)
+	go func() {
+		held <- e.write(e.ctx, func(*txn) error { close(started); <-release; return nil })
+	}()
+	<-started
+	const publishers = 4
+	errs := make(chan error, publishers+1)
+	for i := range publishers {
+		go func() {
+			_, _, err := e.Publish(e.ctx, "did:plc:stats", fmt.Sprintf("dev%d", i), []kpd.KeyPackage{e.newKP(1), e.newKP(1)})
+			errs <- err
+		}()
+	}
+	for len(e.commit.queue) < publishers {
+		runtime.Gosched()
+	}
+	// Queued last, so it fails after the publishes ran in the first try.
+	boom := errors.New("boom")
+	go func() {
+		errs <- e.write(e.ctx, func(t *txn) error {
+			dev := &deviceRecord{CreatedAt: *t.nowStamp()}
+			dev.adjust(1, 3, 0)
+			if err := t.saveDevice("did:plc:failing", "dev", dev); err != nil {
+				return err
+			}
+			return boom
+		})
+	}()
+	for len(e.commit.queue) < publishers+1 {
+		runtime.Gosched()
+	}
+	close(release)
+	if err := <-held; err != nil {
+		t.Fatal(err)
+	}
+	failed := 0
+	for range publishers + 1 {
+		switch err := <-errs; {
+		case errors.Is(err, boom):
+			failed++
+		case err != nil:
+			t.Fatal(err)
+		}
+	}
+	if failed != 1 {
+		t.Fatalf("%d operations failed, want 1", failed)
+	}
+	got := e.stats(t)
+	if got.Devices != publishers || len(got.Suites) != 1 || got.Suites[0].Available != 2*publishers {
+		t.Errorf("stats %+v, want %d devices with %d available KeyPackages", got, publishers, 2*publishers)
+	}
+	if want := e.countStats(t); !reflect.DeepEqual(got, want) {
+		t.Errorf("stats %+v, records say %+v", got, want)
 	}
 }
