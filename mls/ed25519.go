@@ -124,7 +124,7 @@ func canonicalPoint(b []byte) bool {
 // KeyPackage use it, so the terms of each distinct key are summed into one:
 // a publish of n KeyPackages from one device is one multi-scalar
 // multiplication of about 2n+2 points instead of 4n+1, and its key is
-// decoded once per KeyPackage instead of once per signature.
+// decoded once (signatureKey) instead of once per signature.
 type ed25519Batch struct {
 	checks  []ed25519Check
 	lastKey *ed25519Key // the key signatureKey parsed last
@@ -163,8 +163,7 @@ func (b *ed25519Batch) len() int { return len(b.checks) }
 func (b *ed25519Batch) truncate(n int) { b.checks = b.checks[:n] }
 
 // verify reports whether every check holds; an empty batch holds. With
-// probability 1-2^-128 it agrees with verifying each check on its
-// own.
+// probability 1-2^-128 it agrees with verifying each check on its own.
 func (b *ed25519Batch) verify() bool {
 	n := len(b.checks)
 	if n == 0 {
