@@ -101,15 +101,19 @@ func TestDispatcherWithStore(t *testing.T) {
 
 	testkit.Eventually(t, "the outbox to empty", func() bool { return len(pendingEvents(t, db)) == 0 })
 	got, _ := rc.snapshot()
-	types := didTypes(got)
-	want := []string{
-		"did:plc:alice " + kpd.EventKeyPackagesLow, "did:plc:alice " + kpd.EventKeyPackagesExhausted,
-		"did:plc:bob " + kpd.EventKeyPackagesLow, "did:plc:bob " + kpd.EventKeyPackagesExhausted,
+	if len(got) != 4 {
+		t.Fatalf("delivered %v, want 4 events", didTypes(got))
 	}
-	if !slices.Equal(types, want) {
-		t.Fatalf("delivered %v, want %v", types, want)
+	// Each device's events in order; the two devices' in any order.
+	gotBy := byDevice(got)
+	for _, did := range []string{"did:plc:alice", "did:plc:bob"} {
+		device := map[string]string{"did:plc:alice": "phone", "did:plc:bob": "laptop"}[did]
+		types := didTypes(gotBy[did+" "+device])
+		if want := []string{did + " " + kpd.EventKeyPackagesLow, did + " " + kpd.EventKeyPackagesExhausted}; !slices.Equal(types, want) {
+			t.Fatalf("delivered %v for %s, want %v", types, did, want)
+		}
 	}
-	if ids := []string{got[0].ID, pending[0].ID}; ids[0] != ids[1] {
+	if ids := []string{gotBy["did:plc:alice phone"][0].ID, pending[0].ID}; ids[0] != ids[1] {
 		t.Fatalf("event id %s delivered as %s: ids must be stable", ids[1], ids[0])
 	}
 }

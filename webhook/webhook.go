@@ -8,8 +8,11 @@
 // is given up (deleted undelivered). Delivery is at least once: an event
 // delivered just before a crash, or whose deletion failed, is sent again
 // with the same Kpd-Event-Id, by which receivers drop duplicates. The
-// events of one device are delivered in order: while one of them fails,
-// that device's later events wait, and other devices' events go on.
+// events of one device are delivered one at a time and in order: while one
+// of them fails, that device's later events wait, and other devices' events
+// go on. Up to Concurrency devices' events are in flight at once, so a slow
+// receiver does not hold every push hint behind one request; there is no
+// order between different devices' events.
 package webhook
 
 import (
@@ -36,6 +39,7 @@ const (
 	DefaultPollInterval = time.Second
 	DefaultBackoffBase  = time.Second
 	DefaultBackoffCap   = 5 * time.Minute
+	DefaultConcurrency  = 8
 	// pageSize is how many events one outbox read returns.
 	pageSize = 100
 )
@@ -80,11 +84,16 @@ type Dispatcher struct {
 	URL string
 	// Secret signs every request (SignatureHeader); required.
 	Secret []byte
-	// Client sends the requests; nil means a client with DefaultTimeout.
+	// Client sends the requests; nil means a client with DefaultTimeout
+	// that keeps a connection per concurrent delivery open.
 	Client *http.Client
+	// Concurrency is how many events are in flight at once, each of a
+	// different device; 0 means DefaultConcurrency. 1 delivers one event
+	// at a time.
+	Concurrency int
 	// Clock gives the signature timestamps and the age of events (see
-	// MaxAge); nil means time.Now. Waiting (polling and backoff) uses real
-	// timers.
+	// MaxAge); nil means time.Now. It is called from concurrent
+	// deliveries. Waiting (polling and backoff) uses real timers.
 	Clock kpd.Clock
 	// MaxAge gives events up: when an attempt fails and the event was
 	// created (kpd.Event.CreatedAt) more than MaxAge before Clock, the
@@ -167,15 +176,24 @@ type deviceKey struct{ did, device string }
 func (d *Dispatcher) Run(ctx context.Context) {
 	wake := d.wakeChan()
 	p := &passes{
-		d:       d,
-		client:  d.Client,
-		backoff: d.Backoff,
-		poll:    d.PollInterval,
-		retries: map[deviceKey]*retry{},
-		rescan:  true,
+		d:           d,
+		client:      d.Client,
+		concurrency: d.Concurrency,
+		backoff:     d.Backoff,
+		poll:        d.PollInterval,
+		retries:     map[deviceKey]*retry{},
+		rescan:      true,
+	}
+	if p.concurrency <= 0 {
+		p.concurrency = DefaultConcurrency
 	}
 	if p.client == nil {
-		p.client = &http.Client{Timeout: DefaultTimeout}
+		// http.DefaultTransport keeps 2 idle connections per host: more
+		// concurrent deliveries would open a new one each time.
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = p.concurrency
+		p.client = &http.Client{Timeout: DefaultTimeout, Transport: tr}
+		defer tr.CloseIdleConnections()
 	}
 	if p.backoff == nil {
 		p.backoff = FullJitter(DefaultBackoffBase, DefaultBackoffCap)
@@ -199,10 +217,11 @@ func (d *Dispatcher) Run(ctx context.Context) {
 
 // passes is the state Run keeps across passes over the outbox.
 type passes struct {
-	d       *Dispatcher
-	client  *http.Client
-	backoff func(int) time.Duration
-	poll    time.Duration
+	d           *Dispatcher
+	client      *http.Client
+	concurrency int
+	backoff     func(int) time.Duration
+	poll        time.Duration
 	// retries holds the devices whose oldest event failed: their later
 	// events wait for it.
 	retries map[deviceKey]*retry
@@ -240,12 +259,15 @@ func (p *passes) nextWait() time.Duration {
 	return max(wait, time.Until(p.lastFull.Add(p.poll)), 0)
 }
 
-// pass attempts, in Seq order, the events of devices that are not
-// blocked: from the start of the outbox when a retry is due or a rescan
-// was asked for, otherwise the events added since the last pass. A device
-// with a failed event is blocked for the whole pass from that event on,
-// and, until its retry is due and a whole pass reaches the event again,
-// in later passes too; an event given up (MaxAge) blocks nothing.
+// pass attempts the events of devices that are not blocked: from the
+// start of the outbox when a retry is due or a rescan was asked for,
+// otherwise the events added since the last pass. It reads the outbox a
+// page at a time and delivers a page's events device by device: each
+// device's in Seq order, one at a time, up to p.concurrency devices at
+// once; the next page waits for them all. A device with a failed event is
+// blocked for the whole pass from that event on, and, until its retry is
+// due and a whole pass reaches the event again, in later passes too; an
+// event given up (MaxAge) blocks nothing.
 func (p *passes) pass(ctx context.Context) {
 	full := p.rescan || p.retryDue()
 	after := p.high
@@ -263,8 +285,8 @@ func (p *passes) pass(ctx context.Context) {
 			}
 			return
 		}
-		// done are the events delivered or given up in this page.
-		var done []uint64
+		var runs []*deviceRun
+		byDevice := map[deviceKey]*deviceRun{}
 		for _, ev := range events {
 			p.high = max(p.high, ev.Seq)
 			key := deviceKey{ev.DID, ev.Device}
@@ -276,24 +298,34 @@ func (p *passes) pass(ctx context.Context) {
 				blocked[key] = true
 				continue
 			}
-			if err := p.d.deliver(ctx, p.client, ev); err != nil {
-				if ctx.Err() != nil {
-					break
-				}
-				if age := p.d.Clock.Now().Sub(ev.CreatedAt); p.d.MaxAge > 0 && age > p.d.MaxAge {
-					// The device's next event is not blocked by this one.
-					p.drop(key, ev, age, err)
-					done = append(done, ev.Seq)
-					continue
-				}
-				blocked[key] = true
-				p.failed(key, ev, err)
-				continue
+			r := byDevice[key]
+			if r == nil {
+				r = &deviceRun{key: key}
+				byDevice[key] = r
+				runs = append(runs, r)
 			}
-			delete(p.retries, key)
-			done = append(done, ev.Seq)
-			p.d.observe(OutcomeDelivered)
-			p.d.Logger.Debug().Str("event_id", ev.ID).Str("type", ev.Type).Msg("webhook delivered")
+			r.events = append(r.events, ev)
+		}
+		p.deliver(ctx, runs)
+		// done are the events delivered or given up in this page.
+		var done []uint64
+		for _, r := range runs {
+			for _, a := range r.attempts {
+				switch {
+				case a.err == nil:
+					delete(p.retries, r.key)
+					done = append(done, a.ev.Seq)
+					p.d.observe(OutcomeDelivered)
+					p.d.Logger.Debug().Str("event_id", a.ev.ID).Str("type", a.ev.Type).Msg("webhook delivered")
+				case a.givenUp:
+					// The device's next event is not blocked by this one.
+					p.drop(r.key, a.ev, a.age, a.err)
+					done = append(done, a.ev.Seq)
+				default:
+					blocked[r.key] = true
+					p.failed(r.key, a.ev, a.err)
+				}
+			}
 		}
 		if len(done) > 0 {
 			// A failure here only means duplicates: the next pass reads
@@ -318,6 +350,65 @@ func (p *passes) pass(ctx context.Context) {
 			if !seen[key] {
 				delete(p.retries, key)
 			}
+		}
+	}
+}
+
+// deviceRun is one device's events of an outbox page, and what became of those
+// attempted.
+type deviceRun struct {
+	key      deviceKey
+	events   []kpd.Event // in Seq order
+	attempts []attempt
+}
+
+// attempt is the outcome of delivering one event.
+type attempt struct {
+	ev  kpd.Event
+	err error // nil: delivered
+	// givenUp: the attempt failed and the event was older than MaxAge
+	// (by age).
+	givenUp bool
+	age     time.Duration
+}
+
+// deliver attempts the runs, up to p.concurrency at once, and returns when
+// all are done. Each run's events go in order until one fails (and is not
+// given up) or ctx is done; an attempt abandoned for ctx is not recorded.
+func (p *passes) deliver(ctx context.Context, runs []*deviceRun) {
+	todo := make(chan *deviceRun, len(runs))
+	for _, r := range runs {
+		todo <- r
+	}
+	close(todo)
+	var wg sync.WaitGroup
+	for range min(p.concurrency, len(runs)) {
+		wg.Go(func() {
+			for r := range todo {
+				p.deliverRun(ctx, r)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func (p *passes) deliverRun(ctx context.Context, r *deviceRun) {
+	for _, ev := range r.events {
+		if ctx.Err() != nil {
+			return
+		}
+		err := p.d.deliver(ctx, p.client, ev)
+		if err != nil && ctx.Err() != nil {
+			return
+		}
+		a := attempt{ev: ev, err: err}
+		if err != nil {
+			a.age = p.d.Clock.Now().Sub(ev.CreatedAt)
+			a.givenUp = p.d.MaxAge > 0 && a.age > p.d.MaxAge
+		}
+		r.attempts = append(r.attempts, a)
+		if err != nil && !a.givenUp {
+			return
 		}
 	}
 }

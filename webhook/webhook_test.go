@@ -182,6 +182,7 @@ func newDispatcher(src webhook.Source, url string, obs *outcomes) *webhook.Dispa
 	}
 }
 
+// Every event is delivered once, each device's in Seq order, and deleted.
 func TestDispatcherDeliversInSeqOrderAndDeletes(t *testing.T) {
 	src := &memOutbox{}
 	var want []kpd.Event
@@ -198,12 +199,19 @@ func TestDispatcherDeliversInSeqOrderAndDeletes(t *testing.T) {
 	if len(got) != len(want) {
 		t.Fatalf("receiver accepted %d events, want %d", len(got), len(want))
 	}
-	for i := range want {
-		if got[i].ID != want[i].ID || got[i].Seq != want[i].Seq || !got[i].CreatedAt.Equal(want[i].CreatedAt) || got[i].Device != want[i].Device {
-			t.Fatalf("event %d = %+v, want %+v", i, got[i], want[i])
+	gotBy, wantBy := byDevice(got), byDevice(want)
+	for device, want := range wantBy {
+		got := gotBy[device]
+		if len(got) != len(want) {
+			t.Fatalf("device %s: accepted %d events, want %d", device, len(got), len(want))
 		}
-		if attempts[want[i].ID] != 1 {
-			t.Fatalf("event %s attempted %d times, want once", want[i].ID, attempts[want[i].ID])
+		for i := range want {
+			if got[i].ID != want[i].ID || got[i].Seq != want[i].Seq || !got[i].CreatedAt.Equal(want[i].CreatedAt) || got[i].Device != want[i].Device {
+				t.Fatalf("device %s: event %d = %+v, want %+v", device, i, got[i], want[i])
+			}
+			if attempts[want[i].ID] != 1 {
+				t.Fatalf("event %s attempted %d times, want once", want[i].ID, attempts[want[i].ID])
+			}
 		}
 	}
 	if n := obs.get(webhook.OutcomeDelivered); n != len(want) {
@@ -211,6 +219,125 @@ func TestDispatcherDeliversInSeqOrderAndDeletes(t *testing.T) {
 	}
 	if n := obs.get(webhook.OutcomeFailed); n != 0 {
 		t.Fatalf("observer saw %d failures, want 0", n)
+	}
+}
+
+// byDevice splits events by DID and device, keeping their order.
+func byDevice(events []kpd.Event) map[string][]kpd.Event {
+	out := map[string][]kpd.Event{}
+	for _, ev := range events {
+		key := ev.DID + " " + ev.Device
+		out[key] = append(out[key], ev)
+	}
+	return out
+}
+
+// gate is a webhook endpoint in front of a receiver that records how many
+// requests are in flight, in all and per device, and holds the first
+// requests until hold of them are in flight at once.
+type gate struct {
+	t    *testing.T
+	next http.Handler
+	hold int
+
+	mu          sync.Mutex
+	inFlight    int
+	maxInFlight int
+	perDevice   map[string]int
+	overlap     string // a device that had two requests in flight
+	open        chan struct{}
+	opened      bool
+}
+
+func newGate(t *testing.T, next http.Handler, hold int) *gate {
+	return &gate{t: t, next: next, hold: hold, perDevice: map[string]int{}, open: make(chan struct{})}
+}
+
+func (g *gate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		g.t.Errorf("read body: %v", err)
+		return
+	}
+	var ev kpd.Event
+	if err := json.Unmarshal(body, &ev); err != nil {
+		g.t.Errorf("body %s: %v", body, err)
+		return
+	}
+	device := ev.DID + " " + ev.Device
+	g.mu.Lock()
+	g.inFlight++
+	g.maxInFlight = max(g.maxInFlight, g.inFlight)
+	if g.perDevice[device]++; g.perDevice[device] > 1 {
+		g.overlap = device
+	}
+	if g.inFlight >= g.hold && !g.opened {
+		g.opened = true
+		close(g.open)
+	}
+	g.mu.Unlock()
+
+	select {
+	case <-g.open:
+	case <-time.After(10 * time.Second):
+		g.mu.Lock()
+		if !g.opened {
+			g.t.Errorf("the first requests were not in flight together: at most %d at once, want %d", g.maxInFlight, g.hold)
+			g.opened = true
+			close(g.open)
+		}
+		g.mu.Unlock()
+	}
+	r.Body = io.NopCloser(strings.NewReader(string(body)))
+	g.next.ServeHTTP(w, r)
+
+	g.mu.Lock()
+	g.inFlight--
+	g.perDevice[device]--
+	g.mu.Unlock()
+}
+
+// Different devices' events are delivered concurrently, at most
+// Concurrency at once, and never two of one device at a time.
+func TestDispatcherDeliversDevicesConcurrently(t *testing.T) {
+	const concurrency = 3
+	src := &memOutbox{}
+	var want []kpd.Event
+	for i := range 40 {
+		want = append(want, src.add(kpd.EventWelcomePending, fmt.Sprintf("did:plc:%d", i%10), "phone"))
+	}
+	rc := &receiver{now: func() time.Time { return eventsAt }, failStatus: http.StatusServiceUnavailable}
+	rc.t, rc.attempts, rc.got = t, map[string]int{}, make(chan struct{}, 1000)
+	g := newGate(t, rc, concurrency)
+	srv := httptest.NewServer(g)
+	t.Cleanup(srv.Close)
+	d := newDispatcher(src, srv.URL, &outcomes{})
+	d.Concurrency = concurrency
+	run(t, d)
+
+	testkit.Eventually(t, "the outbox to empty", func() bool { return src.len() == 0 })
+	g.mu.Lock()
+	maxInFlight, overlap := g.maxInFlight, g.overlap
+	g.mu.Unlock()
+	if maxInFlight != concurrency {
+		t.Fatalf("at most %d requests in flight at once, want %d", maxInFlight, concurrency)
+	}
+	if overlap != "" {
+		t.Fatalf("two events of %s were in flight at once", overlap)
+	}
+	got, _ := rc.snapshot()
+	gotBy := byDevice(got)
+	for device, want := range byDevice(want) {
+		var ids, wantIDs []string
+		for _, ev := range gotBy[device] {
+			ids = append(ids, ev.ID)
+		}
+		for _, ev := range want {
+			wantIDs = append(wantIDs, ev.ID)
+		}
+		if !slices.Equal(ids, wantIDs) {
+			t.Fatalf("%s: accepted %v, want %v", device, ids, wantIDs)
+		}
 	}
 }
 

@@ -227,6 +227,7 @@ func TestServeOperationsFlags(t *testing.T) {
 			"--webhook-secret-file", secretFile}, "not both"},
 		{"sweep interval", []string{"--sweep-interval", "0"}, "--sweep-interval"},
 		{"webhook max age", []string{"--webhook-max-age", "-1h"}, "-webhook-max-age"},
+		{"webhook concurrency zero", []string{"--webhook-concurrency", "0"}, "--webhook-concurrency 0: want at least 1"},
 		{"outbox cap zero", []string{"--max-outbox", "0"}, "--max-outbox 0: want at least 1"},
 		{"outbox cap not a number", []string{"--max-outbox", "many"}, "-max-outbox"},
 		{"mmap size unit", []string{"--mmap-size", "2GB"}, "-mmap-size"},

@@ -453,6 +453,7 @@ const defaultWebhookMaxAge = 24 * time.Hour
 type webhookFlags struct {
 	url, secret, secretFile string
 	maxAge                  time.Duration
+	concurrency             int
 }
 
 func (f *webhookFlags) register(fs *flag.FlagSet) {
@@ -460,11 +461,15 @@ func (f *webhookFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.secret, "webhook-secret", "", "`secret` (at least 16 characters) that signs webhook requests (prefer --webhook-secret-file or KPD_WEBHOOK_SECRET: a flag shows in ps)")
 	fs.StringVar(&f.secretFile, "webhook-secret-file", "", "read the webhook secret from this `file` (surrounding white space ignored)")
 	durationVar(fs, &f.maxAge, "webhook-max-age", defaultWebhookMaxAge, "give a webhook event up (delete it undelivered) when an attempt fails and it is older than this `duration` (0 = retry for ever)")
+	fs.IntVar(&f.concurrency, "webhook-concurrency", webhook.DefaultConcurrency, "webhook events in flight at once, each of a different device (a device's events go one at a time, in order)")
 }
 
 // dispatcher returns the webhook dispatcher of the flags, without its
 // Source, or nil when --webhook-url is not set.
 func (f *webhookFlags) dispatcher(clock kpd.Clock, logger zerolog.Logger) (*webhook.Dispatcher, error) {
+	if f.concurrency < 1 {
+		return nil, usageErrorf("--webhook-concurrency %d: want at least 1", f.concurrency)
+	}
 	if f.url == "" {
 		return nil, nil
 	}
@@ -483,8 +488,9 @@ func (f *webhookFlags) dispatcher(clock kpd.Clock, logger zerolog.Logger) (*webh
 		URL:    f.url,
 		Secret: []byte(secret),
 		Clock:  clock,
-		MaxAge: f.maxAge,
-		Logger: logger,
+		MaxAge:      f.maxAge,
+		Concurrency: f.concurrency,
+		Logger:      logger,
 	}, nil
 }
 

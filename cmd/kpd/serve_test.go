@@ -18,6 +18,7 @@ import (
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/client"
 	"github.com/kpd-dir/kpd/kv"
+	"github.com/kpd-dir/kpd/webhook"
 )
 
 func TestParseSize(t *testing.T) {
@@ -66,15 +67,17 @@ func TestServeStoreAndWebhookOptions(t *testing.T) {
 		maxOutbox    int
 		mmapSize     int
 		maxAge       time.Duration
+		concurrency  int
 	}{
-		{"defaults", nil, nil, kv.DefaultLowWatermark, kv.DefaultMaxOutbox, 0, 24 * time.Hour},
-		{"flags", []string{"--low-watermark", "off", "--max-outbox", "5000", "--mmap-size", "512MiB", "--webhook-max-age", "90m"}, nil,
-			kv.LowWatermarkOff, 5000, 512 << 20, 90 * time.Minute},
+		{"defaults", nil, nil, kv.DefaultLowWatermark, kv.DefaultMaxOutbox, 0, 24 * time.Hour, webhook.DefaultConcurrency},
+		{"flags", []string{"--low-watermark", "off", "--max-outbox", "5000", "--mmap-size", "512MiB", "--webhook-max-age", "90m",
+			"--webhook-concurrency", "1"}, nil, kv.LowWatermarkOff, 5000, 512 << 20, 90 * time.Minute, 1},
 		{"environment", nil, map[string]string{"KPD_LOW_WATERMARK": "0", "KPD_MAX_OUTBOX": "7", "KPD_MMAP_SIZE": "2GiB",
-			"KPD_WEBHOOK_MAX_AGE": "0"}, kv.LowWatermarkOff, 7, 2 << 30, 0},
-		{"a watermark", []string{"--low-watermark", "3", "--mmap-size", "1048576"}, nil, 3, kv.DefaultMaxOutbox, 1 << 20, 24 * time.Hour},
+			"KPD_WEBHOOK_MAX_AGE": "0", "KPD_WEBHOOK_CONCURRENCY": "32"}, kv.LowWatermarkOff, 7, 2 << 30, 0, 32},
+		{"a watermark", []string{"--low-watermark", "3", "--mmap-size", "1048576"}, nil, 3, kv.DefaultMaxOutbox, 1 << 20, 24 * time.Hour,
+			webhook.DefaultConcurrency},
 		{"flags over environment", []string{"--low-watermark", "25"}, map[string]string{"KPD_LOW_WATERMARK": "off"},
-			25, kv.DefaultMaxOutbox, 0, 24 * time.Hour},
+			25, kv.DefaultMaxOutbox, 0, 24 * time.Hour, webhook.DefaultConcurrency},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := serveConfigOf(t, append(slices.Clone(webhookArgs), tc.args...), tc.env)
@@ -90,8 +93,8 @@ func TestServeStoreAndWebhookOptions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d.MaxAge != tc.maxAge {
-				t.Errorf("webhook max age %v, want %v", d.MaxAge, tc.maxAge)
+			if d.MaxAge != tc.maxAge || d.Concurrency != tc.concurrency {
+				t.Errorf("webhook max age %v, concurrency %d; want %v, %d", d.MaxAge, d.Concurrency, tc.maxAge, tc.concurrency)
 			}
 		})
 	}
