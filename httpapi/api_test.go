@@ -278,7 +278,7 @@ func TestRequestValidation(t *testing.T) {
 		{"no KeyPackages", "POST", "/v1/devices/dev1/key-packages", "application/json", `{"key_packages":[]}`, 400},
 		{"not base64", "POST", "/v1/devices/dev1/key-packages", "application/json", `{"key_packages":["***"]}`, 400},
 		{"number for bytes", "POST", "/v1/devices/dev1/key-packages", "application/json", `{"key_packages":[7]}`, 400},
-		{"text/plain", "POST", "/v1/devices/dev1/key-packages", "text/plain", `{"key_packages":["` + b64(kp) + `"]}`, 400},
+		{"a form, read as JSON", "POST", "/v1/devices/dev1/key-packages", "application/x-www-form-urlencoded", `key_packages=` + b64(kp), 400},
 		{"bad device", "POST", "/v1/devices/dev!1/key-packages", "application/json", `{"key_packages":["` + b64(kp) + `"]}`, 400},
 		{"long device", "GET", "/v1/devices/" + strings.Repeat("d", 65) + "/key-packages", "", ``, 400},
 		{"bad list flag", "GET", "/v1/devices/dev1/key-packages?list=maybe", "", ``, 400},

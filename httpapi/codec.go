@@ -140,18 +140,16 @@ func decodeOptional(r *http.Request, v any) (bool, error) {
 	if len(body) == 0 {
 		return false, nil
 	}
-	switch mediaType(r.Header.Get("Content-Type")) {
-	case cborContentType:
+	// JSON is the default (SPEC section 5): any Content-Type but CBOR's,
+	// such as curl -d's application/x-www-form-urlencoded, is read as JSON.
+	if mediaType(r.Header.Get("Content-Type")) == cborContentType {
 		if err := cborDec.Unmarshal(body, v); err != nil {
 			return true, kpd.Errorf(kpd.CodeBadRequest, "invalid CBOR body: %v", err)
 		}
-	case jsonContentType, "":
-		if err := decodeJSON(body, v); err != nil {
-			return true, kpd.Errorf(kpd.CodeBadRequest, "invalid JSON body: %v", err)
-		}
-	default:
-		return true, kpd.Errorf(kpd.CodeBadRequest, "unsupported Content-Type %q: send %s or %s",
-			r.Header.Get("Content-Type"), jsonContentType, cborContentType)
+		return true, nil
+	}
+	if err := decodeJSON(body, v); err != nil {
+		return true, kpd.Errorf(kpd.CodeBadRequest, "invalid JSON body: %v", err)
 	}
 	return true, nil
 }

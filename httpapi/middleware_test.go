@@ -18,6 +18,25 @@ import (
 	"github.com/kpd-dir/kpd/client"
 )
 
+// A body whose Content-Type is anything but CBOR's is JSON (the default),
+// as curl -d sends it.
+func TestJSONIsTheDefaultContentType(t *testing.T) {
+	s := start(t)
+	dev1 := fixture(t, 1).KeyPackages["alice_dev1"]
+	for _, ctype := range []string{"application/x-www-form-urlencoded", "text/plain; charset=utf-8", "application/vnd.api+json"} {
+		resp := s.do("POST", "/v1/devices/dev1/key-packages", alice, ctype, []byte(`{"key_packages":["`+b64(dev1.Message)+`"]}`))
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), string(dev1.Ref())) {
+			t.Fatalf("publish with Content-Type %s: %d %s", ctype, resp.StatusCode, body)
+		}
+	}
+	resp := s.do("POST", "/v1/key-packages/claim", bob, "application/x-www-form-urlencoded", []byte(`{"cipher_suite":1,"targets":[{"did":"`+alice+`"}]}`))
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), string(dev1.Ref())) {
+		t.Fatalf("claim with a form Content-Type: %d %s", resp.StatusCode, body)
+	}
+}
+
 // TestCBOR round-trips publish, claim and Welcomes in CBOR, and checks on
 // the wire that byte fields are CBOR byte strings and times RFC 3339 text.
 func TestCBOR(t *testing.T) {
