@@ -33,12 +33,12 @@ func TestValidDID(t *testing.T) {
 }
 
 func TestValidDevice(t *testing.T) {
-	for _, s := range []string{"a", "phone", "dev-1.2_x~", strings.Repeat("z", kpd.MaxDeviceLength)} {
+	for _, s := range []string{"a", "phone", "dev-1.2_x~", "...", ".a", "a.", "~", strings.Repeat("z", kpd.MaxDeviceLength)} {
 		if !kpd.ValidDevice(s) {
 			t.Errorf("ValidDevice(%q) = false", s)
 		}
 	}
-	for _, s := range []string{"", "a/b", "a b", "ä", strings.Repeat("z", kpd.MaxDeviceLength+1)} {
+	for _, s := range []string{"", "a/b", "a b", "ä", ".", "..", strings.Repeat("z", kpd.MaxDeviceLength+1)} {
 		if kpd.ValidDevice(s) {
 			t.Errorf("ValidDevice(%q) = true", s)
 		}

@@ -144,9 +144,12 @@ func ValidDID(s string) bool {
 }
 
 // ValidDevice reports whether s is a device name: 1-64 characters of
-// [A-Za-z0-9._~-].
+// [A-Za-z0-9._~-], but not "." or "..". SPEC section 2 allows those two,
+// but a device name is a path segment, and HTTP clients, proxies and
+// routers remove dot segments (RFC 3986 section 5.2.4) before a request
+// reaches kpd: such a device could never be addressed.
 func ValidDevice(s string) bool {
-	if len(s) == 0 || len(s) > MaxDeviceLength {
+	if len(s) == 0 || len(s) > MaxDeviceLength || s == "." || s == ".." {
 		return false
 	}
 	for _, c := range []byte(s) {

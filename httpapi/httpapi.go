@@ -11,6 +11,7 @@ package httpapi
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -284,13 +285,38 @@ func isLowerHex(s string) bool {
 // the request headers, 60 s to read a request, 90 s to write a response (a
 // 60 s long-poll plus a slow client), 120 s of idle keep-alive, and 64 KiB
 // of headers.
+//
+// A request whose path has a "." or ".." segment (also percent-encoded) is
+// answered 400 at once: it names no route of kpd (kpd.ValidDevice refuses
+// those device names), and http.ServeMux would otherwise redirect it to
+// another path.
 func NewServer(h http.Handler) *http.Server {
 	return &http.Server{
-		Handler:           h,
+		Handler:           rejectDotSegments(h),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		WriteTimeout:      90 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 	}
+}
+
+// rejectDotSegments answers 400 BadRequest, as a problem document, for a
+// request whose path has a "." or ".." segment.
+func rejectDotSegments(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for seg := range strings.SplitSeq(r.URL.Path, "/") {
+			if seg == "." || seg == ".." {
+				body, _ := json.Marshal(problem{Type: "about:blank", Title: http.StatusText(http.StatusBadRequest),
+					Status: http.StatusBadRequest, Code: kpd.CodeBadRequest,
+					Detail: `a path segment may not be "." or "..": they are not device names`})
+				w.Header().Set("Content-Type", problemContentType)
+				w.Header().Set("Cache-Control", "no-store")
+				w.WriteHeader(http.StatusBadRequest)
+				w.Write(append(body, '\n'))
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
 }

@@ -3,9 +3,11 @@ package httpapi_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +18,7 @@ import (
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/auth"
 	"github.com/kpd-dir/kpd/client"
+	"github.com/kpd-dir/kpd/httpapi"
 )
 
 // A body whose Content-Type is anything but CBOR's is JSON (the default),
@@ -273,5 +276,62 @@ func TestOperationNames(t *testing.T) {
 		if rec.ops[i] != r.op {
 			t.Errorf("%s %s: operation %q, want %q", r.method, r.path, rec.ops[i], r.op)
 		}
+	}
+}
+
+// A path with a "." or ".." segment is 400 at the server, as in kpd
+// serve (a ServeMux in front of the API): not a redirect to another route.
+// Such names are no device names, in paths or in claims.
+func TestDotSegments(t *testing.T) {
+	s := start(t)
+	mux := http.NewServeMux()
+	mux.Handle("/", s.handler)
+	srv := httptest.NewServer(httpapi.NewServer(mux).Handler)
+	t.Cleanup(srv.Close)
+	noRedirects := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	send := func(method, path, body string) (*http.Response, []byte) {
+		t.Helper()
+		req, err := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+alice)
+		resp, err := noRedirects.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		return resp, data
+	}
+	kp := fixture(t, 1).KeyPackages["alice_dev1"]
+	publish := `{"key_packages":["` + b64(kp.Message) + `"]}`
+	for _, c := range []struct{ method, path string }{
+		{"POST", "/v1/devices/./key-packages"},
+		{"POST", "/v1/devices/../key-packages"},
+		{"POST", "/v1/devices/%2E%2E/key-packages"},
+		{"DELETE", "/v1/devices/."},
+		{"GET", "/v1/devices/../welcomes"},
+	} {
+		resp, body := send(c.method, c.path, publish)
+		var p struct{ Code kpd.Code }
+		if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Content-Type") != "application/problem+json" ||
+			json.Unmarshal(body, &p) != nil || p.Code != kpd.CodeBadRequest {
+			t.Errorf("%s %s: %d %s %s, want a 400 BadRequest problem", c.method, c.path, resp.StatusCode, resp.Header.Get("Content-Type"), body)
+		}
+	}
+	// Dots within a name are fine.
+	if resp, body := send("POST", "/v1/devices/.../key-packages", publish); resp.StatusCode != http.StatusOK {
+		t.Errorf("publish to device ...: %d %s", resp.StatusCode, body)
+	}
+	for _, devices := range []string{`"devices":[".."]`, `"devices":["."]`} {
+		resp, body := send("POST", "/v1/key-packages/claim", `{"cipher_suite":1,"targets":[{"did":"`+alice+`",`+devices+`}]}`)
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("claim with %s: %d %s, want 400", devices, resp.StatusCode, body)
+		}
+	}
+	resp, body := send("POST", "/v1/key-packages/claim", `{"cipher_suite":1,"targets":[{"did":"`+alice+`"}],"exclude_devices":[".."]}`)
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("claim excluding ..: %d %s, want 400", resp.StatusCode, body)
 	}
 }
