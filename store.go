@@ -21,6 +21,12 @@ type Store interface {
 	// resort retires the device's previous one of that suite.
 	Publish(ctx context.Context, did, device string, kps []KeyPackage) ([]PublishResult, *Inventory, error)
 
+	// StoredElsewhere reports, without writing, which refs are stored for
+	// another DID or device than did's device: the Conflict items (Index
+	// is the position in refs) a Publish of them would fail with. It lets
+	// a batch refused for invalid items report its conflicts too.
+	StoredElsewhere(ctx context.Context, did, device string, refs []Ref) ([]ItemError, error)
+
 	// Inventory returns a device's counts and, with list, every KeyPackage
 	// it has (available, claimed, consumed). NotFound for an unknown device.
 	Inventory(ctx context.Context, did, device string, list bool) (*Inventory, []KeyPackageInfo, error)

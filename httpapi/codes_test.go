@@ -109,6 +109,22 @@ func TestPublishConflict(t *testing.T) {
 	_, err = s.as(alice).Inventory(ctx, "dev2", false)
 	wantCode(t, err, kpd.CodeNotFound) // the valid item was not stored either
 
+	// A batch refused for an invalid item lists its conflicts too, in
+	// batch order, and the problem's code is the first item's.
+	bad := fixture(t, 1).Invalid.BadSignature
+	_, err = s.as(alice).Publish(ctx, "dev2", [][]byte{fresh, bad, dev1.Bare})
+	e := wantCode(t, err, kpd.CodeBadSignature)
+	if len(e.Errors) != 2 || e.Errors[0].Index != 1 || e.Errors[0].Code != kpd.CodeBadSignature ||
+		e.Errors[1].Index != 2 || e.Errors[1].Code != kpd.CodeConflict || !strings.Contains(e.Errors[1].Detail, `"dev1"`) {
+		t.Fatalf("errors = %+v, want a bad signature at 1 and a conflict with dev1 at 2", e.Errors)
+	}
+	_, err = s.as(bob).Publish(ctx, "phone", [][]byte{dev1.Message, bad})
+	if e := wantCode(t, err, kpd.CodeConflict); len(e.Errors) != 2 || e.Errors[0].Code != kpd.CodeConflict || e.Errors[1].Code != kpd.CodeBadSignature {
+		t.Fatalf("errors = %+v, want a conflict at 0 and a bad signature at 1", e.Errors)
+	}
+	_, err = s.as(alice).Inventory(ctx, "dev2", false)
+	wantCode(t, err, kpd.CodeNotFound)
+
 	again := must(s.as(alice).Publish(ctx, "dev1", [][]byte{dev1.Bare}))(t)
 	if again.Results[0].Status != kpd.PublishDuplicate {
 		t.Errorf("re-publish: %+v, want duplicate", again.Results[0])

@@ -1,9 +1,11 @@
 package httpapi
 
 import (
+	"cmp"
 	"fmt"
 	"net/http"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,6 +54,7 @@ func (s *server) publish(w http.ResponseWriter, r *request) error {
 	}
 	validated := s.validateBatch(req.KeyPackages, r.caller)
 	kps := make([]kpd.KeyPackage, 0, len(req.KeyPackages))
+	at := make([]int, 0, len(req.KeyPackages)) // batch index of kps[j]
 	var items []kpd.ItemError
 	for i, b := range req.KeyPackages {
 		v, err := validated[i].kp, validated[i].err
@@ -72,8 +75,26 @@ func (s *server) publish(w http.ResponseWriter, r *request) error {
 			NotBefore:   v.NotBefore,
 			NotAfter:    v.NotAfter,
 		})
+		at = append(at, i)
 	}
 	if len(items) > 0 {
+		// The batch is refused: list the valid items stored elsewhere
+		// too (SPEC section 3 lists Conflict with the other reasons), so
+		// that a client that fixes the listed items does not meet a
+		// second refusal.
+		refs := make([]kpd.Ref, len(kps))
+		for j, kp := range kps {
+			refs[j] = kp.Ref
+		}
+		conflicts, err := s.store.StoredElsewhere(r.Context(), r.caller, r.device, refs)
+		if err != nil {
+			return err
+		}
+		for _, c := range conflicts {
+			c.Index = at[c.Index]
+			items = append(items, c)
+		}
+		slices.SortFunc(items, func(a, b kpd.ItemError) int { return cmp.Compare(a.Index, b.Index) })
 		return &kpd.Error{
 			Code:    items[0].Code,
 			Message: fmt.Sprintf("%d of %d KeyPackages are invalid; nothing was stored", len(items), len(req.KeyPackages)),

@@ -152,12 +152,10 @@ func (t *txn) publishCheck(did, device string, kps []kpd.KeyPackage, refs [][]by
 			if !kp.LastResort {
 				added[kp.CipherSuite]++
 			}
-		case old.DID != did:
-			conflicts = append(conflicts, kpd.ItemError{Index: i, Code: kpd.CodeConflict,
-				Detail: "this KeyPackage is already stored for another DID"})
-		case old.Device != device:
-			conflicts = append(conflicts, kpd.ItemError{Index: i, Code: kpd.CodeConflict,
-				Detail: fmt.Sprintf("this KeyPackage is already stored for device %q", old.Device)})
+		default:
+			if item, ok := conflict(i, old, did, device); ok {
+				conflicts = append(conflicts, item)
+			}
 		}
 	}
 	if len(conflicts) > 0 {
@@ -176,6 +174,50 @@ func (t *txn) publishCheck(did, device string, kps []kpd.KeyPackage, refs [][]by
 			t.opts.MaxAvailablePerSuite, strings.Join(over, "; "))
 	}
 	return dev, fresh, nil
+}
+
+// conflict returns the Conflict item of batch index i when old, the stored
+// KeyPackage of its ref, belongs to another DID or device than the
+// publisher's.
+func conflict(i int, old *kpRecord, did, device string) (kpd.ItemError, bool) {
+	switch {
+	case old.DID != did:
+		return kpd.ItemError{Index: i, Code: kpd.CodeConflict,
+			Detail: "this KeyPackage is already stored for another DID"}, true
+	case old.Device != device:
+		return kpd.ItemError{Index: i, Code: kpd.CodeConflict,
+			Detail: fmt.Sprintf("this KeyPackage is already stored for device %q", old.Device)}, true
+	}
+	return kpd.ItemError{}, false
+}
+
+// StoredElsewhere reports, without writing, the refs that are stored for
+// another DID or another device than did's device: the Conflict items (Index
+// is the position in refs) that a Publish of them would fail with. A ref
+// that is not hex is skipped.
+func (db *DB) StoredElsewhere(ctx context.Context, did, device string, refs []kpd.Ref) ([]kpd.ItemError, error) {
+	var items []kpd.ItemError
+	err := db.read(ctx, func(t *txn) error {
+		items = nil
+		for i, r := range refs {
+			ref, ok := refBytes(r)
+			if !ok {
+				continue
+			}
+			old, err := t.keyPackage(ref)
+			if err != nil {
+				return err
+			}
+			if old == nil {
+				continue
+			}
+			if item, ok := conflict(i, old, did, device); ok {
+				items = append(items, item)
+			}
+		}
+		return nil
+	})
+	return items, err
 }
 
 // publishApply stores the fresh items of a checked batch and the device.
