@@ -196,6 +196,15 @@ func TestLastResortReplacement(t *testing.T) {
 	if n, _, err := e.DeleteKeyPackages(e.ctx, bob, "phone", []kpd.Ref{lr2.Ref}); err != nil || n != 0 {
 		t.Fatalf("delete of a retired last resort: %d, %v", n, err)
 	}
+	// New Welcomes find it unknown, as if it had gone, and leave it as it
+	// was; the new last resort takes them.
+	wantRejected(t, e, e.welcome(carol, "c2", 1, lr2.Ref), kpd.CodeUnknownKeyPackage)
+	if rec := e.record(t, lr2.Ref); rec.Pending != 1 || !rec.Retired {
+		t.Fatalf("retired last resort after a refused Welcome: %+v", rec)
+	}
+	if w3 := e.post(t, carol, "c3", 1, lr3.Ref); len(w3.Recipients) != 1 {
+		t.Fatalf("Welcome for the new last resort: %+v", w3)
+	}
 	// The pending Welcome can still be acknowledged; then lr2 goes.
 	if _, err := e.Ack(e.ctx, bob, "phone", w.WelcomeID); err != nil {
 		t.Fatal(err)
@@ -394,4 +403,52 @@ func TestDeleteDevice(t *testing.T) {
 	if err != nil || len(pw) != 1 || pw[0].WelcomeID != pending.WelcomeID {
 		t.Fatalf("tablet's pending welcomes: %+v, %v", pw, err)
 	}
+}
+
+// wantRejected posts w, which must route nowhere: every ref rejected with
+// reason, and nothing stored.
+func wantRejected(t *testing.T, e *env, w kpd.Welcome, reason kpd.Code) {
+	t.Helper()
+	res, err := e.PostWelcome(e.ctx, w)
+	if err != nil {
+		t.Fatalf("post welcome: %v", err)
+	}
+	if len(res.Recipients) != 0 || len(res.Rejected) != len(w.Refs) {
+		t.Fatalf("post = %+v, want every ref rejected", res)
+	}
+	for _, r := range res.Rejected {
+		if r.Reason != reason {
+			t.Fatalf("rejected %+v, want %s", res.Rejected, reason)
+		}
+	}
+	if _, err := e.WelcomeStatus(e.ctx, w.Sender, w.ID); kpd.ErrorCode(err) != kpd.CodeNotFound {
+		t.Fatalf("a Welcome that routed nowhere was stored (status: %v)", err)
+	}
+}
+
+// A last resort whose owner deleted it while a Welcome was pending, or
+// whose lifetime has ended, takes no new Welcome.
+func TestLastResortGoneTakesNoWelcome(t *testing.T) {
+	e := newTestDB(t)
+	lr := e.newLastResort(1)
+	e.publish(t, bob, "phone", lr)
+	e.claimOne(t, alice, bob, "phone", 1)
+	w := e.post(t, alice, "c1", 1, lr.Ref)
+	if n, _, err := e.DeleteKeyPackages(e.ctx, bob, "phone", nil); err != nil || n != 1 {
+		t.Fatalf("delete all: %d, %v", n, err)
+	}
+	wantRejected(t, e, e.welcome(carol, "c2", 1, lr.Ref), kpd.CodeUnknownKeyPackage)
+	if _, err := e.Ack(e.ctx, bob, "phone", w.WelcomeID); err != nil {
+		t.Fatalf("ack of the Welcome pending before the delete: %v", err)
+	}
+
+	lr2 := e.newLastResort(1)
+	e.publish(t, bob, "tablet", lr2)
+	e.claimOne(t, alice, bob, "tablet", 1)
+	e.clock.Set(lr2.NotAfter.Add(-time.Second))
+	if w := e.post(t, alice, "c3", 1, lr2.Ref); len(w.Recipients) != 1 {
+		t.Fatalf("Welcome a second before not_after: %+v", w)
+	}
+	e.clock.Set(lr2.NotAfter)
+	wantRejected(t, e, e.welcome(alice, "c4", 1, lr2.Ref), kpd.CodeUnknownKeyPackage)
 }

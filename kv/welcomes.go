@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/index"
@@ -114,7 +115,7 @@ func (t *txn) route(w kpd.Welcome) (*welcomeRecord, error) {
 		if err != nil {
 			return nil, err
 		}
-		if reason := routeRefusal(kp, w); reason != "" {
+		if reason := routeRefusal(kp, w, t.now); reason != "" {
 			rec.Rejected = append(rec.Rejected, rejectedEntry{Ref: kpd.RefOf(ref), Reason: reason})
 			continue
 		}
@@ -131,13 +132,22 @@ func (t *txn) route(w kpd.Welcome) (*welcomeRecord, error) {
 }
 
 // routeRefusal returns why the KeyPackage kp (nil if unknown) cannot
-// receive the Welcome w, or "" if it can.
-func routeRefusal(kp *kpRecord, w kpd.Welcome) kpd.Code {
+// receive the Welcome w at now, or "" if it can.
+//
+// A last resort takes Welcomes from anyone while it is the device's last
+// resort and its lifetime lasts. One that was replaced or deleted by its
+// owner (retired: kept only until the deliveries already naming it finish)
+// or whose not_after has passed is unknown to new Welcomes, as it is once
+// it has left the store: the device may have dropped its key, and every
+// new delivery would keep the record longer.
+func routeRefusal(kp *kpRecord, w kpd.Welcome, now time.Time) kpd.Code {
 	switch {
 	case kp == nil:
 		return kpd.CodeUnknownKeyPackage
 	case kp.Suite != w.CipherSuite:
 		return kpd.CodeSuiteMismatch
+	case kp.LastResort && (kp.Retired || !now.Before(kp.NotAfter.time())):
+		return kpd.CodeUnknownKeyPackage
 	case kp.LastResort:
 		return ""
 	case kp.State == kpd.StateConsumed || kp.Welcome != "":
