@@ -235,6 +235,7 @@ func TestServeOperationsFlags(t *testing.T) {
 		{"mmap size too large", []string{"--mmap-size", "9223372036854775807KiB"}, "-mmap-size"},
 		{"low watermark negative", []string{"--low-watermark", "-1"}, "-low-watermark"},
 		{"low watermark word", []string{"--low-watermark", "none"}, "-low-watermark"},
+		{"dev auth, public metrics", []string{"--metrics-addr", "0.0.0.0:0"}, "--auth dev needs a loopback --metrics-addr"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, _, _ := newMain(nil, fx.now)

@@ -352,8 +352,14 @@ func (c *serveConfig) authenticator(clock kpd.Clock) (auth.Authenticator, error)
 	case "token":
 		return nil, nil
 	case "dev":
+		// Every listen address (SPEC section 6), the metrics one too.
 		if err := auth.CheckLoopback(c.listen); err != nil {
 			return nil, usageErrorf("--auth dev needs a loopback --listen address: %v", err)
+		}
+		if c.metricsAddr != "" {
+			if err := auth.CheckLoopback(c.metricsAddr); err != nil {
+				return nil, usageErrorf("--auth dev needs a loopback --metrics-addr: %v", err)
+			}
 		}
 		return auth.NewDevAuth(), nil
 	case "proxy":
