@@ -56,6 +56,9 @@ type serveConfig struct {
 	maxOutbox         int
 	mmapSize          int
 
+	maxBody, maxKeyPackage, maxWelcome int
+	maxPublishBatch, maxClaimTargets   int
+
 	serviceDID   string
 	plcURL       string
 	maxTokenAge  time.Duration
@@ -101,7 +104,34 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve GET /metrics on this `address` only, instead of on --listen")
 	c.webhook.register(fs)
 	fs.IntVar(&c.maxOutbox, "max-outbox", kv.DefaultMaxOutbox, "undelivered webhook events kept; beyond, the oldest are dropped")
+	sizeVar(fs, &c.maxBody, "max-body-size", 8<<20, "largest request body (`size`, e.g. 8MiB); beyond, 413")
+	sizeVar(fs, &c.maxKeyPackage, "max-key-package-size", 64<<10, "largest published KeyPackage (`size`); beyond, the item is PayloadTooLarge")
+	sizeVar(fs, &c.maxWelcome, "max-welcome-size", 4<<20, "largest posted Welcome (`size`); beyond, 413")
+	fs.IntVar(&c.maxPublishBatch, "max-publish-batch", 100, "KeyPackages in one publish; beyond, 413")
+	fs.IntVar(&c.maxClaimTargets, "max-claim-targets", 100, "targets in one claim; beyond, 413")
 	sizeVar(fs, &c.mmapSize, "mmap-size", 0, "initial `size` of the database's memory map, e.g. 2GiB (0 = bbolt's default); presize it to the expected file size so that writes to a growing file need not wait for a long snapshot")
+}
+
+// limits returns the request size limits of the flags (SPEC section 7).
+func (c *serveConfig) limits() (httpapi.Limits, error) {
+	for _, l := range []struct {
+		name string
+		n    int
+	}{
+		{"max-body-size", c.maxBody}, {"max-key-package-size", c.maxKeyPackage}, {"max-welcome-size", c.maxWelcome},
+		{"max-publish-batch", c.maxPublishBatch}, {"max-claim-targets", c.maxClaimTargets},
+	} {
+		if l.n < 1 {
+			return httpapi.Limits{}, usageErrorf("--%s %d: want at least 1", l.name, l.n)
+		}
+	}
+	return httpapi.Limits{
+		MaxBodyBytes:       int64(c.maxBody),
+		MaxKeyPackageBytes: c.maxKeyPackage,
+		MaxWelcomeBytes:    c.maxWelcome,
+		MaxPublishBatch:    c.maxPublishBatch,
+		MaxClaimTargets:    c.maxClaimTargets,
+	}, nil
 }
 
 // storeOptions returns the store options of the flags, with the given
@@ -193,6 +223,10 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 	if c.sweepInterval < time.Second {
 		return usageErrorf("--sweep-interval %s: want at least 1s", c.sweepInterval)
 	}
+	limits, err := c.limits()
+	if err != nil {
+		return err
+	}
 	hook, err := c.webhook.dispatcher(m.Clock, logger.With().Str("component", "webhook").Logger())
 	if err != nil {
 		return err
@@ -255,6 +289,7 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 			AllowX509:         c.allowX509,
 			SkipIdentityCheck: !c.identityCheck,
 		},
+		Limits:         limits,
 		Clock:          m.Clock,
 		Logger:         logger,
 		Ready:          db.Ready,
@@ -491,9 +526,9 @@ func (f *webhookFlags) dispatcher(clock kpd.Clock, logger zerolog.Logger) (*webh
 		return nil, usageErrorf("--webhook-url needs --webhook-secret or --webhook-secret-file of at least %d characters (for example: openssl rand -hex 32)", minWebhookSecretLength)
 	}
 	return &webhook.Dispatcher{
-		URL:    f.url,
-		Secret: []byte(secret),
-		Clock:  clock,
+		URL:         f.url,
+		Secret:      []byte(secret),
+		Clock:       clock,
 		MaxAge:      f.maxAge,
 		Concurrency: f.concurrency,
 		Logger:      logger,

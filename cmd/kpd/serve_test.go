@@ -3,11 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +20,7 @@ import (
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/client"
+	"github.com/kpd-dir/kpd/httpapi"
 	"github.com/kpd-dir/kpd/kv"
 	"github.com/kpd-dir/kpd/webhook"
 )
@@ -180,4 +184,58 @@ func grepLines(text, substr string) string {
 		}
 	}
 	return strings.Join(out, "")
+}
+
+// The size and count limits of SPEC section 7 are flags (and KPD_*
+// variables) that reach the API.
+func TestServeLimits(t *testing.T) {
+	def, err := serveConfigOf(t, nil, nil).limits()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (httpapi.Limits{MaxBodyBytes: 8 << 20, MaxKeyPackageBytes: 64 << 10, MaxWelcomeBytes: 4 << 20,
+		MaxPublishBatch: 100, MaxClaimTargets: 100}); def != want {
+		t.Fatalf("default limits %+v, want SPEC's %+v", def, want)
+	}
+
+	fx := loadFixture(t)
+	ctx := context.Background()
+	srv, _, _ := newMain(map[string]string{"KPD_MAX_CLAIM_TARGETS": "1"}, fx.now)
+	url := startServe(t, srv, "--db", filepath.Join(t.TempDir(), "limits.db"), "--listen", "127.0.0.1:0", "--auth", "dev",
+		"--max-publish-batch", "1", "--max-key-package-size", strconv.Itoa(len(fx.keyPackage)-1),
+		"--max-welcome-size", "100", "--max-body-size", "64KiB")
+	c := client.New(url, aliceDID)
+	_, err = c.Publish(ctx, "dev1", [][]byte{fx.keyPackage, fx.keyPackage})
+	wantClientCode(t, err, kpd.CodePayloadTooLarge, "2 KeyPackages in one request; at most 1")
+	_, err = c.Publish(ctx, "dev1", [][]byte{fx.keyPackage})
+	if e := wantClientCode(t, err, kpd.CodePayloadTooLarge, "nothing was stored"); len(e.Errors) != 1 ||
+		!strings.Contains(e.Errors[0].Detail, fmt.Sprintf("at most %d", len(fx.keyPackage)-1)) {
+		t.Fatalf("errors = %+v, want the KeyPackage over the size limit", e.Errors)
+	}
+	_, err = c.Claim(ctx, client.ClaimRequest{CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: aliceDID}, {DID: "did:plc:bob"}}})
+	wantClientCode(t, err, kpd.CodePayloadTooLarge, "2 targets in one claim; at most 1")
+	_, err = c.PostWelcome(ctx, "c1", make([]byte, 101))
+	wantClientCode(t, err, kpd.CodePayloadTooLarge, "at most 100")
+	_, err = c.PostWelcome(ctx, "c1", make([]byte, 64<<10))
+	wantClientCode(t, err, kpd.CodePayloadTooLarge, "request body exceeds 65536 bytes")
+
+	for _, arg := range []string{"--max-body-size", "--max-key-package-size", "--max-welcome-size", "--max-publish-batch", "--max-claim-targets"} {
+		m, _, _ := newMain(nil, fx.now)
+		err := m.Run(ctx, []string{"serve", "--db", filepath.Join(t.TempDir(), "zero.db"), "--listen", "127.0.0.1:0", "--auth", "dev", arg, "0"})
+		if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), arg+" 0: want at least 1") {
+			t.Errorf("serve %s 0: %v, want a usage error", arg, err)
+		}
+		m.Close()
+	}
+}
+
+// wantClientCode fails the test unless err is a problem with code whose
+// detail holds detail.
+func wantClientCode(t *testing.T, err error, code kpd.Code, detail string) *client.Error {
+	t.Helper()
+	var e *client.Error
+	if !errors.As(err, &e) || e.Code != code || !strings.Contains(e.Detail, detail) {
+		t.Fatalf("err = %v, want %s with %q", err, code, detail)
+	}
+	return e
 }
