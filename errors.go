@@ -82,7 +82,28 @@ type Error struct {
 	Reason string
 	// RetryAfter, in seconds, for RateLimited and Unavailable errors.
 	RetryAfter int
+	// Limit names the size or count limit (SPEC section 7) that a
+	// PayloadTooLarge or QuotaExceeded error breached, one of the Limit
+	// constants; clients see it as the problem's "limit" member, and it
+	// labels the limit_exceeded_total metric.
+	Limit string
 }
+
+// The size and count limits of SPEC section 7, as Error.Limit names them
+// (rate limits are named by package ratelimit).
+const (
+	LimitBodySize          = "body_size"
+	LimitKeyPackageSize    = "key_package_size"
+	LimitWelcomeSize       = "welcome_size"
+	LimitPublishBatch      = "publish_batch"
+	LimitClaimTargets      = "claim_targets"
+	LimitAvailablePerSuite = "available_per_suite"
+	LimitDevicesPerDID     = "devices_per_did"
+)
+
+// Limits are every Limit constant.
+var Limits = []string{LimitBodySize, LimitKeyPackageSize, LimitWelcomeSize, LimitPublishBatch,
+	LimitClaimTargets, LimitAvailablePerSuite, LimitDevicesPerDID}
 
 // Error implements the error interface.
 func (e *Error) Error() string {

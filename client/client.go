@@ -70,6 +70,9 @@ type Error struct {
 	// Reason names the authentication check that failed (401 and 503
 	// answers of the authenticator), e.g. "Expired".
 	Reason string
+	// Limit names the size or count limit a PayloadTooLarge or
+	// QuotaExceeded answer breached (a kpd.Limit constant).
+	Limit  string
 	Title  string
 	Detail string
 	// Errors are per-item errors of a batch (publish, claim targets).
@@ -413,6 +416,7 @@ func responseError(resp *http.Response, data []byte) *Error {
 		Detail    string            `json:"detail"`
 		Code      kpd.Code          `json:"code"`
 		Reason    string            `json:"reason"`
+		Limit     string            `json:"limit"`
 		RequestID string            `json:"request_id"`
 		Errors    []kpd.ItemError   `json:"errors"`
 		Missing   []kpd.Missing     `json:"missing"`
@@ -421,7 +425,7 @@ func responseError(resp *http.Response, data []byte) *Error {
 	if json.Unmarshal(data, &p) != nil {
 		return e
 	}
-	e.Code, e.Reason, e.Detail = p.Code, p.Reason, p.Detail
+	e.Code, e.Reason, e.Detail, e.Limit = p.Code, p.Reason, p.Detail, p.Limit
 	e.Errors, e.Missing, e.Rejected = p.Errors, p.Missing, p.Rejected
 	if p.Title != "" {
 		e.Title = p.Title

@@ -59,9 +59,13 @@ type AdminConfig struct {
 	Metrics RequestObserver
 	// Stats, when set, serves GET /v1/admin/stats (see AdminStatsPath).
 	Stats AdminStatsSource
-	// LastBackup, when set, gives the time of the newest scheduled
-	// snapshot (zero for none) for GET /v1/admin/stats.
+	// LastBackup, when set, gives the time of the newest backup (zero for
+	// none) for GET /v1/admin/stats.
 	LastBackup func() time.Time
+	// BackupSent, when set, hears the time (by Clock) of every snapshot
+	// that GET /v1/admin/backup sent in full: a backup taken through the
+	// admin route.
+	BackupSent func(time.Time)
 	// Tokens, when set, serves the API token routes (see AdminTokensPath):
 	// POST creates a token for a DID and answers it once, GET lists the
 	// tokens (never their secrets), DELETE .../{id} revokes one.
@@ -105,6 +109,8 @@ func NewAdmin(cfg AdminConfig) http.Handler {
 			spoolDir:  cfg.SpoolDir,
 			timeout:   cfg.BackupTimeout,
 			busy:      make(chan struct{}, 1),
+			sent:      cfg.BackupSent,
+			clock:     cfg.Clock,
 		}
 		if a.timeout <= 0 {
 			a.timeout = DefaultAdminBackupTimeout
@@ -124,7 +130,9 @@ type adminServer struct {
 	spoolDir  string
 	timeout   time.Duration
 	// busy holds a token while a backup runs.
-	busy chan struct{}
+	busy  chan struct{}
+	sent  func(time.Time)
+	clock kpd.Clock
 }
 
 // adminCaller names the admin in request logs.
@@ -192,6 +200,10 @@ func (a *adminServer) backup(w http.ResponseWriter, r *http.Request) error {
 	if _, err := io.Copy(w, spool); err != nil {
 		// The client sees a body shorter than its Content-Length.
 		a.log.Warn().Str("request_id", infoFrom(r.Context()).id).Err(err).Msg("admin backup: sending the snapshot failed")
+		return nil
+	}
+	if a.sent != nil {
+		a.sent(a.clock.Now())
 	}
 	return nil
 }

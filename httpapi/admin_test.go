@@ -242,6 +242,8 @@ type requestObserver struct {
 	seen []string
 }
 
+func (o *requestObserver) LimitExceeded(string) {}
+
 func (o *requestObserver) ObserveRequest(route string, status int, d time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()

@@ -70,7 +70,8 @@ func (s *server) checkTargets(targets []kpd.ClaimTarget) error {
 	case n == 0:
 		return kpd.Errorf(kpd.CodeBadRequest, "targets is empty")
 	case n > s.limits.MaxClaimTargets:
-		return kpd.Errorf(kpd.CodePayloadTooLarge, "%d targets in one claim; at most %d", n, s.limits.MaxClaimTargets)
+		return &kpd.Error{Code: kpd.CodePayloadTooLarge, Limit: kpd.LimitClaimTargets,
+			Message: fmt.Sprintf("%d targets in one claim; at most %d", n, s.limits.MaxClaimTargets)}
 	}
 	seen := make(map[string]bool, len(targets))
 	var items []kpd.ItemError

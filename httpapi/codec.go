@@ -133,7 +133,8 @@ func decodeOptional(r *http.Request, v any) (bool, error) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		if mbe, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return false, kpd.Errorf(kpd.CodePayloadTooLarge, "request body exceeds %d bytes", mbe.Limit)
+			return false, &kpd.Error{Code: kpd.CodePayloadTooLarge, Limit: kpd.LimitBodySize,
+				Message: fmt.Sprintf("request body exceeds %d bytes", mbe.Limit)}
 		}
 		return false, kpd.Errorf(kpd.CodeBadRequest, "reading request body: %v", err)
 	}

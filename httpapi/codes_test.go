@@ -6,8 +6,11 @@ import (
 	"crypto/rand"
 	"net/http"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/client"
@@ -137,7 +140,11 @@ func TestPublishConflict(t *testing.T) {
 // TestQuotas: over the per-device pool or the per-DID device count is
 // QuotaExceeded.
 func TestQuotas(t *testing.T) {
-	s := start(t, func(o *options) { o.kv = kv.Options{MaxAvailablePerSuite: 2, MaxDevicesPerDID: 1} })
+	limits := &limitRecorder{}
+	s := start(t, func(o *options) {
+		o.kv = kv.Options{MaxAvailablePerSuite: 2, MaxDevicesPerDID: 1}
+		o.config = func(c *httpapi.Config) { c.Metrics = limits }
+	})
 	ctx := context.Background()
 	a := s.as(alice)
 	kps := make([][]byte, 3)
@@ -145,36 +152,74 @@ func TestQuotas(t *testing.T) {
 		kps[i], _ = s.keyPackage(1, alice+"#dev1", false)
 	}
 	_, err := a.Publish(ctx, "dev1", kps)
-	wantCode(t, err, kpd.CodeQuotaExceeded)
+	wantLimit(t, err, kpd.CodeQuotaExceeded, kpd.LimitAvailablePerSuite)
 	must(a.Publish(ctx, "dev1", kps[:2]))(t)
 	_, err = a.Publish(ctx, "dev1", kps[2:])
-	wantCode(t, err, kpd.CodeQuotaExceeded)
+	wantLimit(t, err, kpd.CodeQuotaExceeded, kpd.LimitAvailablePerSuite)
 
 	other, _ := s.keyPackage(1, alice+"#dev2", false)
 	_, err = a.Publish(ctx, "dev2", [][]byte{other})
-	wantCode(t, err, kpd.CodeQuotaExceeded)
+	wantLimit(t, err, kpd.CodeQuotaExceeded, kpd.LimitDevicesPerDID)
+	limits.want(t, kpd.LimitAvailablePerSuite, kpd.LimitAvailablePerSuite, kpd.LimitDevicesPerDID)
+}
+
+// wantLimit asserts that err is a code problem naming limit.
+func wantLimit(t *testing.T, err error, code kpd.Code, limit string) {
+	t.Helper()
+	if e := wantCode(t, err, code); e.Limit != limit {
+		t.Fatalf("problem names limit %q, want %q", e.Limit, limit)
+	}
+}
+
+// limitRecorder is a RequestObserver that records the limits it hears of.
+type limitRecorder struct {
+	mu     sync.Mutex
+	limits []string
+}
+
+func (r *limitRecorder) ObserveRequest(string, int, time.Duration) {}
+
+func (r *limitRecorder) LimitExceeded(limit string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.limits = append(r.limits, limit)
+}
+
+func (r *limitRecorder) want(t *testing.T, limits ...string) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !slices.Equal(r.limits, limits) {
+		t.Fatalf("limits counted %v, want %v", r.limits, limits)
+	}
 }
 
 // TestSizeLimits: each limit of SPEC section 7 is a 413 PayloadTooLarge.
 func TestSizeLimits(t *testing.T) {
+	limits := &limitRecorder{}
 	s := start(t, func(o *options) {
-		o.limits = httpapi.Limits{MaxBodyBytes: 4096, MaxWelcomeBytes: 600, MaxPublishBatch: 2, MaxClaimTargets: 2}
+		o.limits = httpapi.Limits{MaxBodyBytes: 4096, MaxWelcomeBytes: 600, MaxPublishBatch: 2, MaxClaimTargets: 2,
+			MaxKeyPackageBytes: 1000}
+		o.config = func(c *httpapi.Config) { c.Metrics = limits }
 	})
 	ctx := context.Background()
 	a := s.as(alice)
 	kp, _ := s.keyPackage(1, alice+"#dev1", false)
 
 	_, err := a.Publish(ctx, "dev1", [][]byte{kp, kp, kp})
-	wantCode(t, err, kpd.CodePayloadTooLarge)
+	wantLimit(t, err, kpd.CodePayloadTooLarge, kpd.LimitPublishBatch)
 	_, err = a.Publish(ctx, "dev1", [][]byte{make([]byte, 4096)})
-	wantCode(t, err, kpd.CodePayloadTooLarge)
+	wantLimit(t, err, kpd.CodePayloadTooLarge, kpd.LimitBodySize)
+	_, err = a.Publish(ctx, "dev1", [][]byte{kp, make([]byte, 1001)})
+	wantLimit(t, err, kpd.CodePayloadTooLarge, kpd.LimitKeyPackageSize)
 
 	targets := []kpd.ClaimTarget{{DID: alice}, {DID: bob}, {DID: carol}}
 	_, err = s.as(bob).Claim(ctx, client.ClaimRequest{CipherSuite: 1, Targets: targets})
-	wantCode(t, err, kpd.CodePayloadTooLarge)
+	wantLimit(t, err, kpd.CodePayloadTooLarge, kpd.LimitClaimTargets)
 
 	_, err = s.as(bob).PostWelcome(ctx, "c", make([]byte, 601))
-	wantCode(t, err, kpd.CodePayloadTooLarge)
+	wantLimit(t, err, kpd.CodePayloadTooLarge, kpd.LimitWelcomeSize)
+	limits.want(t, kpd.LimitPublishBatch, kpd.LimitBodySize, kpd.LimitKeyPackageSize, kpd.LimitClaimTargets, kpd.LimitWelcomeSize)
 	if len(must(a.Publish(ctx, "dev1", [][]byte{kp}))(t).Results) != 1 {
 		t.Fatal("a publish within the limits failed")
 	}

@@ -122,6 +122,9 @@ type Config struct {
 // *metrics.Metrics implements it.
 type RequestObserver interface {
 	ObserveRequest(route string, status int, d time.Duration)
+	// LimitExceeded counts a request refused for a size or count limit
+	// (kpd.Error.Limit).
+	LimitExceeded(limit string)
 }
 
 // RateLimiter charges requests against rate limits. Its methods return nil,

@@ -44,7 +44,8 @@ func (s *server) publish(w http.ResponseWriter, r *request) error {
 	case n == 0:
 		return kpd.Errorf(kpd.CodeBadRequest, "key_packages is empty")
 	case n > s.limits.MaxPublishBatch:
-		return kpd.Errorf(kpd.CodePayloadTooLarge, "%d KeyPackages in one request; at most %d", n, s.limits.MaxPublishBatch)
+		return &kpd.Error{Code: kpd.CodePayloadTooLarge, Limit: kpd.LimitPublishBatch,
+			Message: fmt.Sprintf("%d KeyPackages in one request; at most %d", n, s.limits.MaxPublishBatch)}
 	}
 	// Charged before validation: signature checks are the expensive part.
 	if s.rates != nil {
@@ -95,7 +96,12 @@ func (s *server) publish(w http.ResponseWriter, r *request) error {
 			items = append(items, c)
 		}
 		slices.SortFunc(items, func(a, b kpd.ItemError) int { return cmp.Compare(a.Index, b.Index) })
+		var limit string
+		if slices.ContainsFunc(items, func(e kpd.ItemError) bool { return e.Code == kpd.CodePayloadTooLarge }) {
+			limit = kpd.LimitKeyPackageSize
+		}
 		return &kpd.Error{
+			Limit:   limit,
 			Code:    items[0].Code,
 			Message: fmt.Sprintf("%d of %d KeyPackages are invalid; nothing was stored", len(items), len(req.KeyPackages)),
 			Items:   items,

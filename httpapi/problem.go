@@ -63,6 +63,9 @@ type problem struct {
 	Errors    []kpd.ItemError   `json:"errors,omitempty"`
 	Missing   []kpd.Missing     `json:"missing,omitempty"`
 	Rejected  []kpd.RejectedRef `json:"rejected,omitempty"`
+	// Limit names the size or count limit a 413 or 422 QuotaExceeded
+	// breached (kpd.Error.Limit).
+	Limit string `json:"limit,omitempty"`
 	// retryAfter, in seconds, becomes the Retry-After header.
 	retryAfter int
 }
@@ -86,7 +89,7 @@ func (s *server) problemOf(r *http.Request, err error) *problem {
 		p = problem{Code: kpd.ErrorCode(err), Detail: kpd.ErrorMessage(err)}
 		p.Status = StatusOf(p.Code)
 		if errors.As(err, &ke) {
-			p.Errors, p.Missing, p.Reason, p.retryAfter = ke.Items, ke.Missing, ke.Reason, ke.RetryAfter
+			p.Errors, p.Missing, p.Reason, p.retryAfter, p.Limit = ke.Items, ke.Missing, ke.Reason, ke.RetryAfter, ke.Limit
 		}
 	}
 	if p.Status == 0 {
@@ -105,6 +108,9 @@ func (s *server) problemOf(r *http.Request, err error) *problem {
 // carry a WWW-Authenticate challenge, 429 and 503 a Retry-After.
 func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	p := s.problemOf(r, err)
+	if p.Limit != "" && s.metrics != nil {
+		s.metrics.LimitExceeded(p.Limit)
+	}
 	h := w.Header()
 	if p.Code == kpd.CodeUnauthorized {
 		h.Set("WWW-Authenticate", `Bearer realm="kpd"`)

@@ -41,7 +41,8 @@ func (s *server) postWelcome(w http.ResponseWriter, r *request) error {
 	case n == 0:
 		return kpd.Errorf(kpd.CodeBadRequest, "welcome is required")
 	case n > s.limits.MaxWelcomeBytes:
-		return kpd.Errorf(kpd.CodePayloadTooLarge, "Welcome of %d bytes; at most %d", n, s.limits.MaxWelcomeBytes)
+		return &kpd.Error{Code: kpd.CodePayloadTooLarge, Limit: kpd.LimitWelcomeSize,
+			Message: fmt.Sprintf("Welcome of %d bytes; at most %d", n, s.limits.MaxWelcomeBytes)}
 	}
 	wel, suite, err := s.registry.ValidateWelcome(req.Welcome)
 	if err != nil {

@@ -129,7 +129,8 @@ func (t *txn) publishCheck(did, device string, kps []kpd.KeyPackage, refs [][]by
 			return nil, nil, err
 		}
 		if len(names) >= t.opts.MaxDevicesPerDID {
-			return nil, nil, kpd.Errorf(kpd.CodeQuotaExceeded, "%s already has %d devices, the most allowed", did, len(names))
+			return nil, nil, &kpd.Error{Code: kpd.CodeQuotaExceeded, Limit: kpd.LimitDevicesPerDID,
+				Message: fmt.Sprintf("%s already has %d devices, the most allowed", did, len(names))}
 		}
 		dev = &deviceRecord{CreatedAt: stampOf(t.now)}
 	}
@@ -170,8 +171,8 @@ func (t *txn) publishCheck(did, device string, kps []kpd.KeyPackage, refs [][]by
 	}
 	if len(over) > 0 {
 		slices.Sort(over)
-		return nil, nil, kpd.Errorf(kpd.CodeQuotaExceeded, "more than %d available KeyPackages per suite (%s)",
-			t.opts.MaxAvailablePerSuite, strings.Join(over, "; "))
+		return nil, nil, &kpd.Error{Code: kpd.CodeQuotaExceeded, Limit: kpd.LimitAvailablePerSuite,
+			Message: fmt.Sprintf("more than %d available KeyPackages per suite (%s)", t.opts.MaxAvailablePerSuite, strings.Join(over, "; "))}
 	}
 	return dev, fresh, nil
 }

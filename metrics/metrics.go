@@ -16,6 +16,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -66,9 +67,12 @@ type Metrics struct {
 	commitBatchSize   prometheus.Histogram
 	commitDuration    prometheus.Histogram
 	rateLimited       *prometheus.CounterVec
+	limitExceeded     *prometheus.CounterVec
 	webhookDeliveries *prometheus.CounterVec
 	sweepDeleted      *prometheus.CounterVec
 	sweepFailures     prometheus.Counter
+	// suites are the configured cipher suites (InitSuites).
+	suites atomic.Pointer[[]uint16]
 }
 
 // New returns the metrics of one kpd server, registered on a registry of
@@ -101,6 +105,7 @@ func New(opts Options) *Metrics {
 			Help:    "Time of one store write transaction, fsync included.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}}),
 		rateLimited:       counter("rate_limited_total", "Requests refused by a rate limit, by limit.", "limit"),
+		limitExceeded:     counter("limit_exceeded_total", "Requests refused for a size or count limit (413 PayloadTooLarge, 422 QuotaExceeded), by limit; rate limits are in rate_limited_total.", "limit"),
 		webhookDeliveries: counter("webhook_deliveries_total", "Webhook delivery attempts, by outcome: delivered, failed (retried) or given_up (failed, and the event was older than the maximum age: deleted undelivered).", "outcome"),
 		sweepDeleted:      counter("sweep_deleted_total", "Records the sweeper deleted or expired, by kind.", "kind"),
 		sweepFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "sweep_failures_total",
@@ -111,7 +116,7 @@ func New(opts Options) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.published, m.claimed, m.consumed, m.claimMisses, m.welcomesPosted, m.deliveries,
 		m.retrievalFailures, m.requests, m.requestDuration, m.commitBatchSize, m.commitDuration,
-		m.rateLimited, m.webhookDeliveries, m.sweepDeleted, m.sweepFailures,
+		m.rateLimited, m.limitExceeded, m.webhookDeliveries, m.sweepDeleted, m.sweepFailures,
 	)
 	m.initLabels()
 	return m
@@ -129,7 +134,7 @@ func (m *Metrics) CollectStats(src StatsSource) {
 	if timeout <= 0 {
 		timeout = DefaultStatsTimeout
 	}
-	m.registry.MustRegister(newStatsCollector(src, timeout))
+	m.registry.MustRegister(newStatsCollector(src, timeout, &m.suites))
 }
 
 // CollectLastBackup makes every scrape read last, the time of the newest
@@ -168,6 +173,25 @@ func (m *Metrics) initLabels() {
 	for _, o := range []string{webhook.OutcomeDelivered, webhook.OutcomeFailed, webhook.OutcomeGivenUp} {
 		m.webhookDeliveries.WithLabelValues(o)
 	}
+	for _, l := range kpd.Limits {
+		m.limitExceeded.WithLabelValues(l)
+	}
+}
+
+// InitSuites creates the per-suite series of the configured cipher suites
+// at zero: the published, claimed and consumed counters, and (with
+// CollectStats) the available, claimed and last-resort gauges of a suite
+// that has no KeyPackage yet. A fresh server then shows every series its
+// dashboards and alerts name. Call it before serving the metrics.
+func (m *Metrics) InitSuites(suites []uint16) {
+	for _, s := range suites {
+		suite := suiteLabel(s)
+		m.published.WithLabelValues(suite)
+		m.claimed.WithLabelValues(suite, "regular")
+		m.claimed.WithLabelValues(suite, "last_resort")
+		m.consumed.WithLabelValues(suite)
+	}
+	m.suites.Store(&suites)
 }
 
 // Handler serves the metrics in the Prometheus text (or OpenMetrics)
@@ -240,6 +264,10 @@ func (m *Metrics) ObserveRequest(route string, status int, d time.Duration) {
 // RateLimited counts a request refused by the named limit; pass it as
 // ratelimit.Config.OnLimited.
 func (m *Metrics) RateLimited(limit string) { m.rateLimited.WithLabelValues(limit).Inc() }
+
+// LimitExceeded counts a request refused for a size or count limit (a
+// kpd.Limit constant).
+func (m *Metrics) LimitExceeded(limit string) { m.limitExceeded.WithLabelValues(limit).Inc() }
 
 // WebhookDelivery counts one webhook delivery attempt by outcome; pass it as
 // webhook.Dispatcher.Observer.

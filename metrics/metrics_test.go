@@ -55,6 +55,9 @@ func TestCounters(t *testing.T) {
 	m.ObserveRequest("/v1/welcomes", 201, 10*time.Millisecond)
 	m.ObserveRequest("unmatched", 404, time.Millisecond)
 	m.RateLimited("claims_per_pair")
+	m.LimitExceeded(kpd.LimitPublishBatch)
+	m.LimitExceeded(kpd.LimitPublishBatch)
+	m.LimitExceeded(kpd.LimitDevicesPerDID)
 	m.WebhookDelivery("failed")
 	m.WebhookDelivery("given_up")
 	m.Swept("expired_key_packages", 4)
@@ -63,6 +66,8 @@ func TestCounters(t *testing.T) {
 
 	s := scrapeURL(t, serve(t, m))
 	s.want(t, "kpd_key_packages_published_total", "suite", map[string]float64{"1": 3, "83": 2})
+	s.want(t, "kpd_limit_exceeded_total", "limit", map[string]float64{kpd.LimitPublishBatch: 2, kpd.LimitDevicesPerDID: 1,
+		kpd.LimitBodySize: 0, kpd.LimitKeyPackageSize: 0, kpd.LimitWelcomeSize: 0, kpd.LimitClaimTargets: 0, kpd.LimitAvailablePerSuite: 0})
 	if got := s.value(t, "kpd_key_packages_claimed_total", "suite", "1", "kind", "regular"); got != 2 {
 		t.Errorf("claimed regular = %v, want 2", got)
 	}
@@ -295,5 +300,32 @@ func TestPoolSizeBeyondLastBound(t *testing.T) {
 		if b.GetCumulativeCount() != want {
 			t.Errorf("bucket le=%v: %d, want %d", b.GetUpperBound(), b.GetCumulativeCount(), want)
 		}
+	}
+}
+
+// InitSuites shows a fresh server's per-suite series at zero, the store's
+// gauges included, beside the suites that have KeyPackages.
+func TestInitSuites(t *testing.T) {
+	db := openDB(t, kv.Options{})
+	publish(t, db, "did:plc:alice", "phone", 2, false)
+	m := metrics.New(metrics.Options{})
+	m.InitSuites([]uint16{1, 2, 0x4d})
+	m.CollectStats(db)
+	m.Published(1, 2)
+	s := scrapeURL(t, serve(t, m))
+	s.want(t, "kpd_key_packages_published_total", "suite", map[string]float64{"1": 2, "2": 0, "77": 0})
+	s.want(t, "kpd_key_packages_consumed_total", "suite", map[string]float64{"1": 0, "2": 0, "77": 0})
+	for _, suite := range []string{"1", "2", "77"} {
+		for _, kind := range []string{"regular", "last_resort"} {
+			if got := s.value(t, "kpd_key_packages_claimed_total", "suite", suite, "kind", kind); got != 0 {
+				t.Errorf("claimed{suite=%s,kind=%s} = %v, want 0", suite, kind, got)
+			}
+		}
+	}
+	s.want(t, "kpd_key_packages_available", "suite", map[string]float64{"1": 2, "2": 0, "77": 0})
+	s.want(t, "kpd_key_packages_claimed", "suite", map[string]float64{"1": 0, "2": 0, "77": 0})
+	s.want(t, "kpd_key_packages_last_resort", "suite", map[string]float64{"1": 0, "2": 0, "77": 0})
+	if n := len(s["kpd_key_packages_available"].GetMetric()); n != 3 {
+		t.Errorf("%d available series, want one per suite", n)
 	}
 }

@@ -3,6 +3,7 @@ package metrics
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -44,13 +45,14 @@ type droppedEventsSource interface {
 // statsCollector reads the store's totals on every scrape.
 type statsCollector struct {
 	src     StatsSource
-	dropped droppedEventsSource // nil when src does not count them
+	suites  *atomic.Pointer[[]uint16] // configured suites, shown at zero when they have nothing
+	dropped droppedEventsSource       // nil when src does not count them
 	timeout time.Duration
 }
 
-func newStatsCollector(src StatsSource, timeout time.Duration) *statsCollector {
+func newStatsCollector(src StatsSource, timeout time.Duration, suites *atomic.Pointer[[]uint16]) *statsCollector {
 	dropped, _ := src.(droppedEventsSource)
-	return &statsCollector{src: src, dropped: dropped, timeout: timeout}
+	return &statsCollector{src: src, suites: suites, dropped: dropped, timeout: timeout}
 }
 
 // Describe implements prometheus.Collector.
@@ -77,12 +79,25 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
 	}
 	var available int64
+	seen := make(map[uint16]bool, len(st.Suites))
 	for _, s := range st.Suites {
 		suite := suiteLabel(s.CipherSuite)
 		gauge(descAvailable, s.Available, suite)
 		gauge(descClaimed, s.Claimed, suite)
 		gauge(descLastResort, s.LastResort, suite)
 		available += s.Available
+		seen[s.CipherSuite] = true
+	}
+	if configured := c.suites.Load(); configured != nil {
+		for _, s := range *configured {
+			if !seen[s] {
+				seen[s] = true
+				suite := suiteLabel(s)
+				gauge(descAvailable, 0, suite)
+				gauge(descClaimed, 0, suite)
+				gauge(descLastResort, 0, suite)
+			}
+		}
 	}
 	ch <- poolSizeHistogram(st.PoolSizes, available)
 	gauge(descDevices, st.Devices)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -67,12 +68,27 @@ func TestBackupFromServerAndRestore(t *testing.T) {
 	if _, err := client.New(url, aliceDID).Publish(ctx, "dev1", [][]byte{fx.keyPackage}); err != nil {
 		t.Fatal(err)
 	}
+	// Without scheduled backups, a fresh server has no backup yet: the
+	// metric reads 0, the stats null.
+	if _, body := httpGet(t, url+"/metrics", ""); !strings.Contains(body, "\nkpd_backup_last_success_timestamp_seconds 0\n") {
+		t.Errorf("metrics before any backup lack kpd_backup_last_success_timestamp_seconds 0")
+	}
+	if _, stats := httpGet(t, url+"/v1/admin/stats", "Bearer "+backupTestToken); !strings.Contains(stats, `"last_backup":null`) {
+		t.Errorf("stats before any backup: %s", stats)
+	}
 
 	dir := t.TempDir()
 	snap := filepath.Join(dir, "snap.db")
 	stderr, err := runCmd(map[string]string{"KPD_ADMIN_TOKEN": backupTestToken}, fx.now, "backup", "--url", url, "-o", snap)
 	if err != nil {
 		t.Fatalf("backup --url: %v\n%s", err, stderr)
+	}
+	// A snapshot the admin route sent in full is the last backup.
+	if _, stats := httpGet(t, url+"/v1/admin/stats", "Bearer "+backupTestToken); !strings.Contains(stats, `"last_backup":"`+fx.now.Format(time.RFC3339)) {
+		t.Errorf("stats after a backup through the admin route: %s, want last_backup %s", stats, fx.now.Format(time.RFC3339))
+	}
+	if _, body := httpGet(t, url+"/metrics", ""); !strings.Contains(body, fmt.Sprintf("\nkpd_backup_last_success_timestamp_seconds %g\n", float64(fx.now.Unix()))) {
+		t.Errorf("metrics after a backup lack kpd_backup_last_success_timestamp_seconds %g", float64(fx.now.Unix()))
 	}
 	if !strings.Contains(stderr, "wrote "+snap) || strings.Contains(stderr, "\r") {
 		t.Errorf("backup output = %q", stderr)

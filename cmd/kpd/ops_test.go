@@ -151,7 +151,10 @@ func TestServeOperations(t *testing.T) {
 	_, body := httpGet(t, "http://"+m.MetricsAddr()+"/metrics", "")
 	for _, want := range []string{
 		`kpd_key_packages_published_total{suite="1"} 1`,
+		`kpd_key_packages_published_total{suite="2"} 0`, // a configured suite, at zero
+		`kpd_key_packages_available{suite="7"} 0`,
 		`kpd_key_packages_claimed_total{kind="regular",suite="1"} 1`,
+		`kpd_limit_exceeded_total{limit="publish_batch"} 0`,
 		`kpd_welcomes_posted_total 1`,
 		`kpd_sweep_deleted_total{kind="expired_key_packages"} 0`,
 		`kpd_http_requests_total{code="201",route="/v1/welcomes"} 1`,

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -21,6 +22,7 @@ import (
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/auth"
 	"github.com/kpd-dir/kpd/auth/atproto"
+	"github.com/kpd-dir/kpd/backup"
 	"github.com/kpd-dir/kpd/httpapi"
 	"github.com/kpd-dir/kpd/jobs"
 	"github.com/kpd-dir/kpd/kv"
@@ -209,6 +211,11 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 		return err
 	}
 	met := metrics.New(metrics.Options{Logger: logger.With().Str("component", "metrics").Logger()})
+	suiteIDs := make([]uint16, 0, len(registry.Suites()))
+	for _, s := range registry.Suites() {
+		suiteIDs = append(suiteIDs, uint16(s.ID))
+	}
+	met.InitSuites(suiteIDs)
 	rates, err := c.rateLimits(m.Clock, met.RateLimited)
 	if err != nil {
 		return err
@@ -269,12 +276,8 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 	}
 	m.ln = ln
 
-	sched := m.startBackups(ctx, c.backups, db, logger)
-	var lastBackup func() time.Time
-	if sched != nil {
-		lastBackup = sched.LastSuccess
-		met.CollectLastBackup(lastBackup)
-	}
+	backups := &lastBackup{sched: m.startBackups(ctx, c.backups, db, logger)}
+	met.CollectLastBackup(backups.time)
 	// Waiting long-polls end when the shutdown begins, not when it times
 	// out.
 	shuttingDown := make(chan struct{})
@@ -310,7 +313,8 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 		Logger:     logger,
 		Metrics:    met,
 		Stats:      db,
-		LastBackup: lastBackup,
+		LastBackup: backups.time,
+		BackupSent: backups.sent,
 		Tokens:     db,
 		Clock:      m.Clock,
 	}))
@@ -327,10 +331,6 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 	}
 	if !c.identityCheck {
 		logger.Warn().Msg("identity check off: KeyPackage credentials are not matched against the publishing DID")
-	}
-	suiteIDs := make([]uint16, 0, len(registry.Suites()))
-	for _, s := range registry.Suites() {
-		suiteIDs = append(suiteIDs, uint16(s.ID))
 	}
 	logger.Info().
 		Str("addr", ln.Addr().String()).
@@ -602,4 +602,27 @@ func (m *Main) serveMetrics(addr string, h http.Handler, logger zerolog.Logger) 
 		}
 	}()
 	return nil
+}
+
+// lastBackup is the time of the newest backup of a running server: a
+// scheduled snapshot (--backup-dir) or one the admin route sent in full
+// (kpd backup --url), for kpd_backup_last_success_timestamp_seconds and
+// the admin stats.
+type lastBackup struct {
+	sched *backup.Scheduler // nil without scheduled backups
+	admin atomic.Int64      // Unix nanoseconds; 0 for none
+}
+
+func (l *lastBackup) sent(t time.Time) { l.admin.Store(t.UnixNano()) }
+
+// time returns the newest backup's time, zero for none.
+func (l *lastBackup) time() time.Time {
+	var t time.Time
+	if l.sched != nil {
+		t = l.sched.LastSuccess()
+	}
+	if n := l.admin.Load(); n != 0 && time.Unix(0, n).After(t) {
+		t = time.Unix(0, n).UTC()
+	}
+	return t
 }
