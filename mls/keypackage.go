@@ -326,6 +326,8 @@ func (kp *KeyPackage) check() *Error {
 		return fail("key_package.extensions", "duplicate extension type")
 	case hasDuplicateType(ln.Extensions):
 		return fail("key_package.leaf_node.extensions", "duplicate extension type")
+	case slices.ContainsFunc(kp.Extensions, func(e Extension) bool { return e.Type == ExtensionLastResort && len(e.Data) > 0 }):
+		return fail("key_package.extensions", "the last_resort extension (0x000a) has a body of its own; it must be empty")
 	case !slices.Contains(caps.Credentials, ln.Credential.Type):
 		return fail("key_package.leaf_node.capabilities.credentials",
 			"credential type %d is not listed in the leaf's capabilities", ln.Credential.Type)

@@ -86,6 +86,9 @@ func TestInvalidKeyPackage(t *testing.T) {
 		"leaf extension not in capabilities": func(kp *mls.KeyPackage) {
 			kp.LeafNode.Extensions = []mls.Extension{{Type: 0xff01, Data: []byte("x")}}
 		},
+		"last_resort with a body": func(kp *mls.KeyPackage) {
+			kp.Extensions = []mls.Extension{{Type: mls.ExtensionLastResort, Data: []byte{0}}}
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			bare := makeKeyPackage(t, 1, modify)

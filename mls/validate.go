@@ -65,7 +65,8 @@ func unixTime(sec uint64) time.Time {
 //     [UnsupportedVersion];
 //   - a cipher suite configured in r [UnsupportedCipherSuite];
 //   - leaf_node_source key_package, encryption_key different from init_key,
-//     no duplicate extension types (KeyPackage and LeafNode), the credential
+//     no duplicate extension types (KeyPackage and LeafNode), an empty
+//     last_resort extension body, the credential
 //     type and the version listed in the leaf's capabilities, every
 //     non-default leaf extension listed in them, a basic or x509 credential,
 //     at least one certificate in an x509 one [InvalidKeyPackage]. (The
