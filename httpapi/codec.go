@@ -107,6 +107,12 @@ func (s *server) suite(p *suiteParam) (mls.Suite, error) {
 		if suite, ok := s.registry.ByName(p.name); ok {
 			return suite, nil
 		}
+		// The number as text: "1", "0x0001".
+		if id, err := strconv.ParseUint(p.name, 0, 16); err == nil {
+			if suite, ok := s.registry.Lookup(mls.CipherSuite(id)); ok {
+				return suite, nil
+			}
+		}
 		return mls.Suite{}, kpd.Errorf(kpd.CodeUnsupportedCipherSuite, "cipher suite %q is not configured", p.name)
 	}
 	if suite, ok := s.registry.Lookup(mls.CipherSuite(p.id)); ok {

@@ -337,10 +337,14 @@ func TestClaimMisses(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("claim with a suite name: status %d", resp.StatusCode)
 	}
-	resp = s.do("POST", "/v1/key-packages/claim", bob, "application/json",
-		[]byte(`{"cipher_suite":"MLS_NO_SUCH_SUITE","targets":[{"did":"`+alice+`"}]}`))
-	if resp.StatusCode != http.StatusUnprocessableEntity {
-		t.Fatalf("claim with an unknown suite name: status %d", resp.StatusCode)
+	// The number as text, decimal or 0x hex, names the suite too.
+	for suite, status := range map[string]int{`"1"`: 200, `"0x0001"`: 200, `"0x1"`: 200, `"MLS_NO_SUCH_SUITE"`: 422,
+		`"0x9999"`: 422, `"70000"`: 422, `"-1"`: 422} {
+		resp = s.do("POST", "/v1/key-packages/claim", bob, "application/json",
+			[]byte(`{"cipher_suite":`+suite+`,"targets":[{"did":"`+alice+`"}]}`))
+		if resp.StatusCode != status {
+			t.Errorf("claim with cipher_suite %s: status %d, want %d", suite, resp.StatusCode, status)
+		}
 	}
 }
 
