@@ -451,4 +451,9 @@ func TestLastResortGoneTakesNoWelcome(t *testing.T) {
 	}
 	e.clock.Set(lr2.NotAfter)
 	wantRejected(t, e, e.welcome(alice, "c4", 1, lr2.Ref), kpd.CodeUnknownKeyPackage)
+	// The inventory no longer reports it as the last resort, even before
+	// a sweep deletes it.
+	if inv, _ := e.inventory(t, bob, "tablet"); suiteOf(inv, 1).LastResort != nil {
+		t.Fatalf("inventory reports an expired last resort: %+v", suiteOf(inv, 1).LastResort)
+	}
 }

@@ -442,7 +442,9 @@ func (t *txn) suites(did, device string, d *deviceRecord) ([]kpd.SuiteInventory,
 		if err != nil {
 			return nil, err
 		}
-		if lr != nil {
+		// One whose lifetime has ended is no last resort any more
+		// (claims pass it over), though the sweeper has yet to delete it.
+		if lr != nil && t.now.Before(lr.NotAfter.time()) {
 			si.LastResort = &kpd.LastResortInfo{Ref: kpd.RefOf(lr.Ref), NotAfter: lr.NotAfter.time(), Served: lr.Served}
 		}
 		out = append(out, si)
