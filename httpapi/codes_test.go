@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
+	"io"
+	"maps"
 	"net/http"
 	"runtime"
 	"slices"
@@ -12,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fxamacker/cbor/v2"
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/client"
 	"github.com/kpd-dir/kpd/httpapi"
@@ -404,4 +408,41 @@ func TestPublishLargeBatchOrder(t *testing.T) {
 			t.Errorf("results[%d] = %+v, want %s stored", i, r, refs[i])
 		}
 	}
+}
+
+// An item of a publish that is not bytes (not base64 in JSON, not a byte
+// string in CBOR) is named in errors like any invalid item; the batch is
+// refused with 400.
+func TestPublishItemNotBytes(t *testing.T) {
+	s := start(t)
+	kp, _ := s.keyPackage(1, alice+"#dev1", false)
+	bad := fixture(t, 1).Invalid.BadSignature
+	check := func(name string, resp *http.Response, want map[int]kpd.Code) {
+		t.Helper()
+		body, _ := io.ReadAll(resp.Body)
+		var p struct {
+			Code   kpd.Code
+			Errors []kpd.ItemError
+		}
+		if err := json.Unmarshal(body, &p); err != nil || resp.StatusCode != http.StatusBadRequest || p.Code != kpd.CodeBadRequest {
+			t.Fatalf("%s: %d %s, want a 400 BadRequest problem", name, resp.StatusCode, body)
+		}
+		got := map[int]kpd.Code{}
+		for _, e := range p.Errors {
+			got[e.Index] = e.Code
+		}
+		if !maps.Equal(got, want) {
+			t.Fatalf("%s: errors %+v, want %v", name, p.Errors, want)
+		}
+	}
+	resp := s.do("POST", "/v1/devices/dev1/key-packages", alice, "application/json",
+		[]byte(`{"key_packages":["`+b64(kp)+`","***",7,"`+b64(bad)+`"]}`))
+	check("JSON", resp, map[int]kpd.Code{1: kpd.CodeBadRequest, 2: kpd.CodeBadRequest, 3: kpd.CodeBadSignature})
+
+	body, _ := cbor.Marshal(map[string]any{"key_packages": []any{kp, "text, not bytes"}})
+	resp = s.do("POST", "/v1/devices/dev1/key-packages", alice, "application/cbor", body)
+	check("CBOR", resp, map[int]kpd.Code{1: kpd.CodeBadRequest})
+
+	_, err := s.as(alice).Inventory(context.Background(), "dev1", false)
+	wantCode(t, err, kpd.CodeNotFound) // nothing stored
 }

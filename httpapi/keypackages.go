@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"net/http"
 	"runtime"
@@ -24,7 +25,28 @@ func (s *server) registerKeyPackages() {
 }
 
 type publishRequest struct {
-	KeyPackages []byteString `json:"key_packages"`
+	KeyPackages []publishItem `json:"key_packages"`
+}
+
+// publishItem is one KeyPackage of a publish body. Unlike a byteString
+// field, an item that is not bytes (not base64 in JSON, not a byte string
+// in CBOR) does not fail the whole body: its error is kept, and the answer
+// names the item.
+type publishItem struct {
+	b   byteString
+	err error
+}
+
+func (p *publishItem) UnmarshalJSON(data []byte) error {
+	p.err = p.b.UnmarshalJSON(data)
+	return nil
+}
+
+func (p *publishItem) UnmarshalCBOR(data []byte) error {
+	if cborDec.Unmarshal(data, &p.b) != nil {
+		p.err = errors.New("byte fields must be CBOR byte strings")
+	}
+	return nil
 }
 
 type publishResponse struct {
@@ -53,12 +75,19 @@ func (s *server) publish(w http.ResponseWriter, r *request) error {
 			return err
 		}
 	}
-	validated := s.validateBatch(req.KeyPackages, r.caller)
+	batch := make([]byteString, len(req.KeyPackages))
+	for i, item := range req.KeyPackages {
+		batch[i] = item.b
+	}
+	validated := s.validateBatch(batch, r.caller)
 	kps := make([]kpd.KeyPackage, 0, len(req.KeyPackages))
 	at := make([]int, 0, len(req.KeyPackages)) // batch index of kps[j]
 	var items []kpd.ItemError
-	for i, b := range req.KeyPackages {
+	for i, b := range batch {
 		v, err := validated[i].kp, validated[i].err
+		if decodeErr := req.KeyPackages[i].err; decodeErr != nil {
+			err = &kpd.Error{Code: kpd.CodeBadRequest, Message: decodeErr.Error()}
+		}
 		if err != nil {
 			if kpd.ErrorCode(err) == kpd.CodeInternal {
 				return err
