@@ -116,7 +116,8 @@ func (m *Main) backup(ctx context.Context, args []string) error {
 	admin.register(fs, "the server's admin `token`, with --url")
 	dbPath := fs.String("db", "kpd.db", "database `file` to snapshot when no --url is given (it must not be in use)")
 	out := fs.String("o", "", "the snapshot `file` to write (required); FILE.sha256 is written beside it")
-	timeout := fs.Duration("timeout", time.Second, "how long to wait for the lock of --db")
+	timeout := new(time.Duration)
+	durationVar(fs, timeout, "timeout", time.Second, "how long to wait for the lock of --db")
 	if err := parseArgs(fs, args, m.Getenv, "backup"); err != nil {
 		return err
 	}
@@ -165,7 +166,8 @@ func (m *Main) restore(_ context.Context, args []string) error {
 	from := fs.String("from", "", "the snapshot `file` to restore (required); its FILE.sha256 must match")
 	dbPath := fs.String("db", "kpd.db", "the database `file` to replace (the server must be stopped)")
 	noChecksum := fs.Bool("no-checksum", false, "accept a snapshot without a .sha256 file (its invariants are still checked)")
-	timeout := fs.Duration("timeout", time.Second, "how long to wait for the lock of --db")
+	timeout := new(time.Duration)
+	durationVar(fs, timeout, "timeout", time.Second, "how long to wait for the lock of --db")
 	if err := parseArgs(fs, args, m.Getenv, "restore"); err != nil {
 		return err
 	}
@@ -192,7 +194,8 @@ func (m *Main) compact(_ context.Context, args []string) error {
 	fs := newFlagSet("compact", m.Stderr, "compact [--db FILE] [-o OUT]")
 	dbPath := fs.String("db", "kpd.db", "the database `file` to compact (the server must be stopped)")
 	out := fs.String("o", "", "write the compacted copy to this new `file` instead of replacing --db")
-	timeout := fs.Duration("timeout", time.Second, "how long to wait for the lock of --db")
+	timeout := new(time.Duration)
+	durationVar(fs, timeout, "timeout", time.Second, "how long to wait for the lock of --db")
 	if err := parseArgs(fs, args, m.Getenv, "compact"); err != nil {
 		return err
 	}

@@ -251,7 +251,8 @@ func TestVerifyCommand(t *testing.T) {
 	}
 
 	m, stdout, _ := newMain(nil, fx.now)
-	if err := m.Run(ctx, []string{"verify", "--db", dbPath}); err != nil {
+	// --timeout takes kpd's durations, a bare number of seconds too.
+	if err := m.Run(ctx, []string{"verify", "--db", dbPath, "--timeout", "2"}); err != nil {
 		t.Fatalf("verify: %v\n%s", err, stdout)
 	}
 	if !strings.Contains(stdout.String(), ": ok") {

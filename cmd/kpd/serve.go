@@ -97,7 +97,7 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	durationVar(fs, &c.claimRetention, "claim-retention", 30*24*time.Hour, "how long a claimed KeyPackage waits for its Welcome")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	durationVar(fs, &c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests")
-	c.admin.register(fs, "bearer `token` of the admin routes (GET /v1/admin/backup, /v1/admin/stats), at least 16 characters; without one they are off")
+	c.admin.register(fs, "bearer `token` of the admin routes (/v1/admin/backup, /v1/admin/stats, /v1/admin/tokens), at least 16 characters; without one they are off")
 	c.backups.register(fs)
 	durationVar(fs, &c.consumedRetention, "consumed-retention", kv.DefaultConsumedRetention, "how long the metadata of consumed KeyPackages, finished deliveries and their Welcomes is kept")
 	durationVar(fs, &c.welcomeRetention, "welcome-retention", kv.DefaultWelcomeRetention, "how long a Welcome waits for its device before its delivery expires")

@@ -17,7 +17,8 @@ var errViolations = errors.New("invariant violations found")
 func (m *Main) verify(_ context.Context, args []string) error {
 	fs := newFlagSet("verify", m.Stderr, "verify [flags]")
 	dbPath := fs.String("db", "kpd.db", "database `file` (opened read-only)")
-	timeout := fs.Duration("timeout", time.Second, "how long to wait for the file lock")
+	timeout := new(time.Duration)
+	durationVar(fs, timeout, "timeout", time.Second, "how long to wait for the file lock")
 	if err := parseFlags(fs, args, m.Getenv); err != nil {
 		return err
 	}
