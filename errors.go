@@ -95,6 +95,7 @@ const (
 	LimitBodySize          = "body_size"
 	LimitKeyPackageSize    = "key_package_size"
 	LimitWelcomeSize       = "welcome_size"
+	LimitWelcomeMembers    = "welcome_members"
 	LimitPublishBatch      = "publish_batch"
 	LimitClaimTargets      = "claim_targets"
 	LimitAvailablePerSuite = "available_per_suite"
@@ -102,7 +103,7 @@ const (
 )
 
 // Limits are every Limit constant.
-var Limits = []string{LimitBodySize, LimitKeyPackageSize, LimitWelcomeSize, LimitPublishBatch,
+var Limits = []string{LimitBodySize, LimitKeyPackageSize, LimitWelcomeSize, LimitWelcomeMembers, LimitPublishBatch,
 	LimitClaimTargets, LimitAvailablePerSuite, LimitDevicesPerDID}
 
 // Error implements the error interface.

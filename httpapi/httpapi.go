@@ -36,6 +36,10 @@ type Limits struct {
 	MaxKeyPackageBytes int
 	// MaxWelcomeBytes caps one posted Welcome (default 4 MiB).
 	MaxWelcomeBytes int
+	// MaxWelcomeMembers caps the new_member entries of one posted Welcome
+	// (default 10,000; at most kv.MaxWelcomeRefs). A stored Welcome keeps
+	// an entry for each, so this bounds its record.
+	MaxWelcomeMembers int
 	// MaxPublishBatch caps the KeyPackages of one publish (default 100).
 	MaxPublishBatch int
 	// MaxClaimTargets caps the targets of one claim (default 100).
@@ -45,6 +49,9 @@ type Limits struct {
 	MaxListWelcomes int
 }
 
+// DefaultMaxWelcomeMembers is the default of Limits.MaxWelcomeMembers.
+const DefaultMaxWelcomeMembers = 10000
+
 // withDefaults returns l with every zero (or negative) field set to its
 // SPEC default.
 func (l Limits) withDefaults() Limits {
@@ -52,6 +59,7 @@ func (l Limits) withDefaults() Limits {
 		MaxBodyBytes:       orDefault(l.MaxBodyBytes, 8<<20),
 		MaxKeyPackageBytes: orDefault(l.MaxKeyPackageBytes, 64<<10),
 		MaxWelcomeBytes:    orDefault(l.MaxWelcomeBytes, 4<<20),
+		MaxWelcomeMembers:  orDefault(l.MaxWelcomeMembers, DefaultMaxWelcomeMembers),
 		MaxPublishBatch:    orDefault(l.MaxPublishBatch, 100),
 		MaxClaimTargets:    orDefault(l.MaxClaimTargets, 100),
 		MaxListWelcomes:    orDefault(l.MaxListWelcomes, 100),

@@ -49,6 +49,10 @@ func (s *server) postWelcome(w http.ResponseWriter, r *request) error {
 		return err
 	}
 	members := wel.NewMembers()
+	if n := len(members); n > s.limits.MaxWelcomeMembers {
+		return &kpd.Error{Code: kpd.CodePayloadTooLarge, Limit: kpd.LimitWelcomeMembers,
+			Message: fmt.Sprintf("a Welcome for %d new members; at most %d", n, s.limits.MaxWelcomeMembers)}
+	}
 	refs := make([]kpd.Ref, len(members))
 	for i, m := range members {
 		refs[i] = kpd.RefOf(m)

@@ -23,6 +23,9 @@ const (
 
 func checkWelcome(w kpd.Welcome) error {
 	switch {
+	case len(w.Refs) > MaxWelcomeRefs:
+		return &kpd.Error{Code: kpd.CodePayloadTooLarge, Limit: kpd.LimitWelcomeMembers,
+			Message: fmt.Sprintf("a Welcome for %d new members; at most %d", len(w.Refs), MaxWelcomeRefs)}
 	case w.ID == "" || len(w.ID) > maxWelcomeIDLen:
 		return kpd.Errorf(kpd.CodeBadRequest, "invalid welcome id")
 	case !kpd.ValidDID(w.Sender):
@@ -34,6 +37,11 @@ func checkWelcome(w kpd.Welcome) error {
 	}
 	return nil
 }
+
+// MaxWelcomeRefs is the most new_member refs a Welcome may name: a stored
+// Welcome keeps an entry for each (routed or rejected), and its record must
+// stay within what the record decoder reads back (MaxArrayElements).
+const MaxWelcomeRefs = 1 << 16
 
 // PostWelcome routes a Welcome to the devices that published the
 // KeyPackages its refs name. A ref is routed if it is a regular KeyPackage
@@ -104,7 +112,11 @@ func (t *txn) route(w kpd.Welcome) (*welcomeRecord, error) {
 	for _, r := range w.Refs {
 		ref, ok := refBytes(r)
 		if !ok {
-			rec.Rejected = append(rec.Rejected, rejectedEntry{Ref: r, Reason: kpd.CodeUnknownKeyPackage})
+			// Each invalid ref once too.
+			if !seen["invalid:"+string(r)] {
+				seen["invalid:"+string(r)] = true
+				rec.Rejected = append(rec.Rejected, rejectedEntry{Ref: r, Reason: kpd.CodeUnknownKeyPackage})
+			}
 			continue
 		}
 		if seen[string(ref)] {

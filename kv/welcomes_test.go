@@ -299,3 +299,56 @@ func TestPendingAndTake(t *testing.T) {
 	_, err = e.PendingWelcomes(e.ctx, bob, "watch", kpd.ListWelcomesOptions{})
 	wantCode(t, err, kpd.CodeNotFound)
 }
+
+// A Welcome names at most MaxWelcomeRefs new members, the most a stored
+// Welcome's record can hold and still be read back: one at that limit is
+// stored, listed, shown to its sender and swept; one beyond is refused
+// before anything is written. Repeated refs, invalid ones too, count once.
+func TestWelcomeMembersLimit(t *testing.T) {
+	e := newTestDB(t)
+	e.publishN(t, bob, "phone", 1, 1)
+	ref := e.claimOne(t, alice, bob, "phone", 1).Ref
+	refs := []kpd.Ref{ref}
+	for len(refs) < MaxWelcomeRefs {
+		refs = append(refs, randRef())
+	}
+	_, err := e.PostWelcome(e.ctx, e.welcome(alice, "c0", 1, append(refs, randRef())...))
+	if ke := wantCode(t, err, kpd.CodePayloadTooLarge); ke.Limit != kpd.LimitWelcomeMembers {
+		t.Fatalf("limit %q, want %s", ke.Limit, kpd.LimitWelcomeMembers)
+	}
+
+	w := e.welcome(alice, "c1", 1, refs...)
+	res, err := e.PostWelcome(e.ctx, w)
+	if err != nil || len(res.Recipients) != 1 || len(res.Rejected) != MaxWelcomeRefs-1 {
+		t.Fatalf("post: %v, %d recipients, %d rejected", err, len(res.Recipients), len(res.Rejected))
+	}
+	if list, err := e.PendingWelcomes(e.ctx, bob, "phone", kpd.ListWelcomesOptions{}); err != nil || len(list) != 1 {
+		t.Fatalf("pending: %d, %v", len(list), err)
+	}
+	if st, err := e.WelcomeStatus(e.ctx, alice, w.ID); err != nil || len(st.Recipients) != 1 {
+		t.Fatalf("status: %+v, %v", st, err)
+	}
+	if _, err := e.Ack(e.ctx, bob, "phone", w.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(31 * 24 * time.Hour)
+	if _, err := e.Sweep(e.ctx, e.clock.Now()); err != nil {
+		t.Fatalf("sweep: %v", err)
+	}
+	if _, err := e.WelcomeStatus(e.ctx, alice, w.ID); kpd.ErrorCode(err) != kpd.CodeNotFound {
+		t.Fatalf("status after the retention: %v, want NotFound", err)
+	}
+
+	// Repeats are rejected once.
+	e.publishN(t, bob, "phone", 1, 1)
+	ref = e.claimOne(t, alice, bob, "phone", 1).Ref
+	other := randRef()
+	dup := []kpd.Ref{ref, ref, other}
+	for range 1000 {
+		dup = append(dup, "", "not hex", other)
+	}
+	res = e.post(t, alice, "c2", 1, dup...)
+	if len(res.Recipients) != 1 || len(res.Rejected) != 3 {
+		t.Fatalf("repeated refs: %d recipients, rejected %+v; want 1 and 3", len(res.Recipients), res.Rejected)
+	}
+}

@@ -59,6 +59,7 @@ type serveConfig struct {
 	mmapSize          int
 
 	maxBody, maxKeyPackage, maxWelcome int
+	maxWelcomeMembers                  int
 	maxPublishBatch, maxClaimTargets   int
 
 	serviceDID   string
@@ -109,6 +110,7 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	sizeVar(fs, &c.maxBody, "max-body-size", 8<<20, "largest request body (`size`, e.g. 8MiB); beyond, 413")
 	sizeVar(fs, &c.maxKeyPackage, "max-key-package-size", 64<<10, "largest published KeyPackage (`size`); beyond, the item is PayloadTooLarge")
 	sizeVar(fs, &c.maxWelcome, "max-welcome-size", 4<<20, "largest posted Welcome (`size`); beyond, 413")
+	fs.IntVar(&c.maxWelcomeMembers, "max-welcome-members", httpapi.DefaultMaxWelcomeMembers, "new members one posted Welcome may name (its new_member entries); beyond, 413")
 	fs.IntVar(&c.maxPublishBatch, "max-publish-batch", 100, "KeyPackages in one publish; beyond, 413")
 	fs.IntVar(&c.maxClaimTargets, "max-claim-targets", 100, "targets in one claim; beyond, 413")
 	sizeVar(fs, &c.mmapSize, "mmap-size", 0, "initial `size` of the database's memory map, e.g. 2GiB (0 = bbolt's default); presize it to the expected file size so that writes to a growing file need not wait for a long snapshot")
@@ -121,16 +123,20 @@ func (c *serveConfig) limits() (httpapi.Limits, error) {
 		n    int
 	}{
 		{"max-body-size", c.maxBody}, {"max-key-package-size", c.maxKeyPackage}, {"max-welcome-size", c.maxWelcome},
-		{"max-publish-batch", c.maxPublishBatch}, {"max-claim-targets", c.maxClaimTargets},
+		{"max-welcome-members", c.maxWelcomeMembers}, {"max-publish-batch", c.maxPublishBatch}, {"max-claim-targets", c.maxClaimTargets},
 	} {
 		if l.n < 1 {
 			return httpapi.Limits{}, usageErrorf("--%s %d: want at least 1", l.name, l.n)
 		}
 	}
+	if c.maxWelcomeMembers > kv.MaxWelcomeRefs {
+		return httpapi.Limits{}, usageErrorf("--max-welcome-members %d: at most %d", c.maxWelcomeMembers, kv.MaxWelcomeRefs)
+	}
 	return httpapi.Limits{
 		MaxBodyBytes:       int64(c.maxBody),
 		MaxKeyPackageBytes: c.maxKeyPackage,
 		MaxWelcomeBytes:    c.maxWelcome,
+		MaxWelcomeMembers:  c.maxWelcomeMembers,
 		MaxPublishBatch:    c.maxPublishBatch,
 		MaxClaimTargets:    c.maxClaimTargets,
 	}, nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,6 +23,8 @@ import (
 	"github.com/kpd-dir/kpd/client"
 	"github.com/kpd-dir/kpd/httpapi"
 	"github.com/kpd-dir/kpd/kv"
+	"github.com/kpd-dir/kpd/mls"
+	"github.com/kpd-dir/kpd/mls/mlstest"
 	"github.com/kpd-dir/kpd/webhook"
 )
 
@@ -194,7 +197,7 @@ func TestServeLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	if want := (httpapi.Limits{MaxBodyBytes: 8 << 20, MaxKeyPackageBytes: 64 << 10, MaxWelcomeBytes: 4 << 20,
-		MaxPublishBatch: 100, MaxClaimTargets: 100}); def != want {
+		MaxWelcomeMembers: 10000, MaxPublishBatch: 100, MaxClaimTargets: 100}); def != want {
 		t.Fatalf("default limits %+v, want SPEC's %+v", def, want)
 	}
 
@@ -219,7 +222,28 @@ func TestServeLimits(t *testing.T) {
 	_, err = c.PostWelcome(ctx, "c1", make([]byte, 64<<10))
 	wantClientCode(t, err, kpd.CodePayloadTooLarge, "request body exceeds 65536 bytes")
 
-	for _, arg := range []string{"--max-body-size", "--max-key-package-size", "--max-welcome-size", "--max-publish-batch", "--max-claim-targets"} {
+	suite, _ := mls.NewRegistry().Lookup(1)
+	three, err := mlstest.Welcome(suite, bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32), bytes.Repeat([]byte{3}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv2, _, _ := newMain(nil, fx.now)
+	url2 := startServe(t, srv2, "--db", filepath.Join(t.TempDir(), "members.db"), "--listen", "127.0.0.1:0", "--auth", "dev",
+		"--max-welcome-members", "2")
+	_, err = client.New(url2, aliceDID).PostWelcome(ctx, "c1", three)
+	if e := wantClientCode(t, err, kpd.CodePayloadTooLarge, "a Welcome for 3 new members; at most 2"); e.Limit != kpd.LimitWelcomeMembers {
+		t.Fatalf("limit %q, want %s", e.Limit, kpd.LimitWelcomeMembers)
+	}
+
+	m, _, _ := newMain(nil, fx.now)
+	err = m.Run(ctx, []string{"serve", "--db", filepath.Join(t.TempDir(), "many.db"), "--listen", "127.0.0.1:0", "--auth", "dev",
+		"--max-welcome-members", "65537"})
+	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "--max-welcome-members 65537: at most 65536") {
+		t.Errorf("serve --max-welcome-members 65537: %v, want a usage error", err)
+	}
+	m.Close()
+	for _, arg := range []string{"--max-body-size", "--max-key-package-size", "--max-welcome-size", "--max-welcome-members",
+		"--max-publish-batch", "--max-claim-targets"} {
 		m, _, _ := newMain(nil, fx.now)
 		err := m.Run(ctx, []string{"serve", "--db", filepath.Join(t.TempDir(), "zero.db"), "--listen", "127.0.0.1:0", "--auth", "dev", arg, "0"})
 		if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), arg+" 0: want at least 1") {
