@@ -235,8 +235,12 @@ var (
 // and Welcomes that the sweeper walks; version 3 keeps claimed and consumed
 // KeyPackages in the expiry index until they lapse (see indexEntries);
 // version 4 keys KeyPackages by device, suite and publish sequence, which
-// makes them their own FIFO pools (migrate.go).
-const schemaVersion = 4
+// makes them their own FIFO pools (migrate.go); version 5 keeps a claimed
+// or consumed KeyPackage purged before its not_after as a spent ref
+// (kpRecord.Spent), which an older kpd would count and route as a live
+// one. Schema 5 has the layout of 4: the step from 4 writes nothing but the
+// version, so that an older kpd refuses the file.
+const schemaVersion = 5
 
 // migration upgrades a database from one schema version to the next, inside
 // the transaction that opens it.
@@ -247,7 +251,7 @@ type migration func(tx *bolt.Tx) error
 // that one transaction, so it gets there completely or not at all. The
 // upgrade from schema 3 to 4 moves every KeyPackage and runs in bounded
 // transactions of its own after the opening one (migrateToV4).
-var migrations = map[uint64]migration{1: migrateToV2, 2: migrateToV3}
+var migrations = map[uint64]migration{1: migrateToV2, 2: migrateToV3, 4: func(*bolt.Tx) error { return nil }}
 
 // Open opens (creating if needed) the database at path. It creates the
 // buckets, records the schema version and runs pending migrations. If

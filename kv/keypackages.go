@@ -314,6 +314,8 @@ func (t *txn) listKeyPackages(did, device string) ([]kpd.KeyPackageInfo, error) 
 	if err != nil {
 		return nil, err
 	}
+	// A spent one has left the store but for its ref.
+	recs = slices.DeleteFunc(recs, func(r *kpRecord) bool { return r.Spent })
 	slices.SortFunc(recs, func(a, b *kpRecord) int { return cmp.Compare(a.Seq, b.Seq) })
 	infos := make([]kpd.KeyPackageInfo, len(recs))
 	for i, r := range recs {
@@ -437,7 +439,7 @@ func (db *DB) Sync(ctx context.Context, did, device string, keep []kpd.Ref) (*kp
 					return err
 				}
 			}
-			if rec == nil || rec.DID != did || rec.Device != device || rec.State == kpd.StateConsumed {
+			if rec == nil || rec.DID != did || rec.Device != device || rec.State == kpd.StateConsumed || rec.Spent {
 				r.Unknown = append(r.Unknown, ref)
 			}
 		}
@@ -446,7 +448,7 @@ func (db *DB) Sync(ctx context.Context, did, device string, keep []kpd.Ref) (*kp
 			return err
 		}
 		for _, rec := range recs {
-			if rec.State == kpd.StateClaimed || rec.Pending > 0 {
+			if (rec.State == kpd.StateClaimed && !rec.Spent) || rec.Pending > 0 {
 				r.Pending = append(r.Pending, kpd.RefOf(rec.Ref))
 			}
 			if removable(rec, did, device) && !kept[string(rec.Ref)] {

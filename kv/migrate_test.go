@@ -235,7 +235,7 @@ func (e *env) reopenAsSchema3(t *testing.T, opts ...func(*Options)) {
 // and tell to open read-write.
 func wantSchema3(t *testing.T, path string) {
 	t.Helper()
-	wantReadOnlyRefused(t, path, "schema version 3, this kpd reads 4 (open it read-write once to migrate)")
+	wantReadOnlyRefused(t, path, fmt.Sprintf("schema version 3, this kpd reads %d (open it read-write once to migrate)", schemaVersion))
 }
 
 // wantReadOnlyRefused fails the test unless a read-only Open and VerifyFile
@@ -269,7 +269,8 @@ func wantMigrating(t *testing.T, path string) {
 		_, err := initSchema(tx, 3, migrations)
 		return err
 	})
-	if err == nil || !strings.Contains(err.Error(), "schema version 4 is newer than this kpd's 3") {
+	// The mark records the version the migration leads to, the current one.
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("schema version %d is newer than this kpd's 3", schemaVersion)) {
 		t.Fatalf("a schema 3 kpd opening a database migrating to schema 4: %v", err)
 	}
 }
@@ -681,4 +682,62 @@ func rawRef(t *testing.T, ref kpd.Ref) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// A schema 4 database becomes schema 5 when opened read-write, with its
+// records as they were; until then read-only opens refuse it, and a kpd of
+// schema 4 refuses it afterwards, since it would take spent KeyPackages
+// for live ones.
+func TestMigrationToV5(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kpd.db")
+	e := openTestFile(t, path)
+	e.publishN(t, bob, "phone", 1, 3)
+	claimed := e.claimOne(t, alice, bob, "phone", 1).Ref
+	if err := e.DB.Close(); err != nil {
+		t.Fatal(err)
+	}
+	bdb, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bdb.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keySchemaVersion, index.Uint64(4))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	bdb.Close()
+	wantReadOnlyRefused(t, path, "schema version 4, this kpd reads 5")
+
+	e = openTestFile(t, path)
+	if rec := e.record(t, claimed); rec == nil || rec.State != kpd.StateClaimed {
+		t.Fatalf("claimed KeyPackage after the migration: %+v", rec)
+	}
+	if inv, _ := e.inventory(t, bob, "phone"); suiteOf(inv, 1).Available != 2 || suiteOf(inv, 1).Claimed != 1 {
+		t.Fatalf("inventory after the migration: %+v", suiteOf(inv, 1))
+	}
+	if err := e.DB.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if vs, err := VerifyFile(path, time.Second); err != nil || len(vs) != 0 {
+		t.Fatalf("verify after the migration: %v %v", vs, err)
+	}
+	bdb, err = bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bdb.Close()
+	err = bdb.Update(func(tx *bolt.Tx) error {
+		v, err := readSchemaVersion(tx)
+		if err == nil && v != 5 {
+			err = fmt.Errorf("schema version %d after the migration, want 5", v)
+		}
+		if err != nil {
+			return err
+		}
+		_, err = initSchema(tx, 4, migrations)
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "schema version 5 is newer than this kpd's 4") {
+		t.Fatalf("a schema 4 kpd opening a schema 5 database: %v", err)
+	}
 }

@@ -64,6 +64,14 @@ type kpRecord struct {
 	Lapsed bool `cbor:"18,keyasint,omitempty"`
 	// Ref is the raw KeyPackageRef (schema 4: before, it was the key).
 	Ref []byte `cbor:"19,keyasint,omitempty"`
+	// Spent marks a claimed or consumed KeyPackage past its retention
+	// whose not_after has not passed yet: it is gone for every purpose
+	// (no counters, no claimed or consumed index, no listing, no Welcome
+	// routes to it) but its ref, so that the owner's client re-publishing
+	// the same bytes gets "duplicate" instead of a new KeyPackage that
+	// would be handed out a second time. Its bytes are dropped; the
+	// expiry sweep deletes it at not_after.
+	Spent bool `cbor:"20,keyasint,omitempty"`
 }
 
 // key returns the record's key in the kps bucket.

@@ -76,6 +76,8 @@ func (s *statsRecord) addKP(r *kpRecord, sign int64) {
 	}
 	var d suiteTotals
 	switch {
+	case r.Spent:
+		return
 	case r.LastResort && !r.Retired:
 		d.LastResort = 1
 	case r.LastResort:

@@ -277,6 +277,9 @@ func (s *sweeper) expireKeyPackage(ref []byte) error {
 	if err != nil {
 		return err
 	}
+	if r.Spent { // its retention was counted when it was purged
+		return s.t.transition(r, nil, dev)
+	}
 	if r.State == kpd.StateAvailable && !r.Retired {
 		s.stats.ExpiredKeyPackages++
 		if !r.LastResort || r.Pending == 0 {
@@ -295,7 +298,7 @@ func (s *sweeper) purgeClaim(ref []byte) error {
 		return err
 	}
 	s.stats.ClaimsPurged++
-	return s.t.transition(r, nil, dev)
+	return s.purge(r, dev)
 }
 
 func (s *sweeper) purgeConsumed(ref []byte) error {
@@ -304,7 +307,20 @@ func (s *sweeper) purgeConsumed(ref []byte) error {
 		return err
 	}
 	s.stats.ConsumedPurged++
-	return s.t.transition(r, nil, dev)
+	return s.purge(r, dev)
+}
+
+// purge ends a claimed or consumed KeyPackage past its retention: it is
+// deleted once its not_after has passed (it has lapsed); until then only
+// its ref stays, spent (see kpRecord.Spent), so that the same bytes cannot
+// be published and handed out again while they are still valid.
+func (s *sweeper) purge(r *kpRecord, dev *deviceRecord) error {
+	if r.Lapsed {
+		return s.t.transition(r, nil, dev)
+	}
+	n := *r
+	n.Spent, n.Data = true, nil
+	return s.t.transition(r, &n, dev)
 }
 
 func (s *sweeper) purgeDelivery(key []byte) error {

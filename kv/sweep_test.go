@@ -148,7 +148,7 @@ func TestSweepClaims(t *testing.T) {
 	e.clock.Advance(time.Second)
 	// The claim whose Welcome is pending stays; so does the later claim.
 	e.wantSweep(t, SweepStats{ClaimsPurged: 1})
-	if e.record(t, idle) != nil || e.record(t, routed) == nil || e.record(t, later) == nil {
+	if !gone(e.record(t, idle)) || gone(e.record(t, routed)) || gone(e.record(t, later)) {
 		t.Fatal("wrong claims purged")
 	}
 	if _, err := e.Ack(e.ctx, bob, "phone", w.WelcomeID); err != nil {
@@ -241,7 +241,7 @@ func TestSweepPurgesHistory(t *testing.T) {
 		st.Recipients[1].Status != kpd.DeliveryRejected || st.Recipients[1].Detail != "bad" {
 		t.Fatalf("status after the first purge = %+v, %v", st, err)
 	}
-	if e.record(t, a) != nil || e.record(t, b) == nil {
+	if !gone(e.record(t, a)) || gone(e.record(t, b)) {
 		t.Fatal("wrong consumed KeyPackage purged")
 	}
 
@@ -357,5 +357,63 @@ func TestSweepStopsWithContext(t *testing.T) {
 	e.wantSweep(t, SweepStats{ExpiredKeyPackages: 2})
 	if st := e.sweep(t); st != (SweepStats{Transactions: 1}) {
 		t.Fatalf("idle sweep = %+v", st)
+	}
+}
+
+// gone reports whether a KeyPackage's record has left the store (nil) or
+// is spent: purged but for its ref until its not_after.
+func gone(r *kpRecord) bool { return r == nil || r.Spent }
+
+// A claimed or consumed KeyPackage purged before its not_after keeps its
+// ref, spent, until then: its owner re-publishing the same bytes gets
+// "duplicate", and nothing else sees it (claims, Welcomes, listings, sync,
+// counters). At its not_after the expiry sweep deletes it.
+func TestSweepKeepsSpentRefsUntilNotAfter(t *testing.T) {
+	e := newTestDB(t, sweepOptions)
+	consumed, claimed := e.newKP(1), e.newKP(1)
+	e.publish(t, bob, "phone", consumed, claimed)
+	e.claimOne(t, alice, bob, "phone", 1)
+	w := e.post(t, alice, "c", 1, consumed.Ref)
+	if _, err := e.Ack(e.ctx, bob, "phone", w.WelcomeID); err != nil {
+		t.Fatal(err)
+	}
+	e.claimOne(t, carol, bob, "phone", 1)
+	e.clock.Advance(testConsumedRetention)
+	e.wantSweep(t, SweepStats{ConsumedPurged: 1, ClaimsPurged: 1, DeliveriesPurged: 1, WelcomesPurged: 1})
+	for _, kp := range []kpd.KeyPackage{consumed, claimed} {
+		if rec := e.record(t, kp.Ref); rec == nil || !rec.Spent || rec.Data != nil {
+			t.Fatalf("purged %s: %+v, want spent without its bytes", kp.Ref, rec)
+		}
+	}
+
+	res := e.publish(t, bob, "phone", consumed, claimed)
+	if res[0].Status != kpd.PublishDuplicate || res[1].Status != kpd.PublishDuplicate {
+		t.Fatalf("re-publish of spent refs: %+v, want duplicates", res)
+	}
+	_, _, err := e.Publish(e.ctx, bob, "tablet", []kpd.KeyPackage{consumed})
+	wantCode(t, err, kpd.CodeConflict)
+	got := e.claim(t, kpd.ClaimRequest{Claimer: alice, CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: bob}}})
+	if len(got.KeyPackages) != 0 {
+		t.Fatalf("claimed %+v: a spent KeyPackage was handed out again", got.KeyPackages)
+	}
+	wantRejected(t, e, e.welcome(carol, "c2", 1, claimed.Ref), kpd.CodeUnknownKeyPackage)
+	inv, list := e.inventory(t, bob, "phone")
+	if s := suiteOf(inv, 1); s.Available != 0 || s.Claimed != 0 || len(list) != 0 {
+		t.Fatalf("inventory with spent refs: %+v %+v, want nothing", s, list)
+	}
+	sync, err := e.Sync(e.ctx, bob, "phone", []kpd.Ref{consumed.Ref, claimed.Ref})
+	if err != nil || len(sync.Unknown) != 2 || len(sync.Pending) != 0 || len(sync.Deleted) != 0 {
+		t.Fatalf("sync naming spent refs: %+v, %v; want both unknown", sync, err)
+	}
+	if st := e.stats(t); len(st.Suites) != 0 {
+		t.Fatalf("stats count spent KeyPackages: %+v", st.Suites)
+	}
+
+	e.clock.Set(consumed.NotAfter)
+	e.wantSweep(t, SweepStats{})
+	for _, kp := range []kpd.KeyPackage{consumed, claimed} {
+		if rec := e.record(t, kp.Ref); rec != nil {
+			t.Fatalf("spent %s kept past its not_after: %+v", kp.Ref, rec)
+		}
 	}
 }

@@ -145,9 +145,13 @@ func indexEntries(key []byte, r *kpRecord) []indexEntry {
 			e = append(e, indexEntry{bucketLastResort, index.DeviceSuite(r.DID, r.Device, r.Suite), r.Ref})
 		}
 	case kpd.StateClaimed:
-		e = append(e, indexEntry{bucketClaimed, index.TimeRef(optTime(r.ClaimedAt), r.Ref), nil})
+		if !r.Spent {
+			e = append(e, indexEntry{bucketClaimed, index.TimeRef(optTime(r.ClaimedAt), r.Ref), nil})
+		}
 	case kpd.StateConsumed:
-		e = append(e, indexEntry{bucketConsumed, index.TimeRef(optTime(r.ConsumedAt), r.Ref), nil})
+		if !r.Spent {
+			e = append(e, indexEntry{bucketConsumed, index.TimeRef(optTime(r.ConsumedAt), r.Ref), nil})
+		}
 	}
 	return e
 }
@@ -156,7 +160,7 @@ func indexEntries(key []byte, r *kpRecord) []indexEntry {
 // regular KeyPackages only, available or claimed.
 func counts(r *kpRecord) (available, claimed int) {
 	switch {
-	case r.LastResort:
+	case r.LastResort, r.Spent:
 		return 0, 0
 	case r.State == kpd.StateAvailable:
 		return 1, 0

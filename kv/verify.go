@@ -273,8 +273,12 @@ func (v *verifier) keyPackage(k, val []byte) error {
 	if r.Welcome != "" && r.State == kpd.StateAvailable {
 		report(1, "available, yet routed by welcome %s", r.Welcome)
 	}
-	if r.State != kpd.StateConsumed && len(r.Data) == 0 {
+	if r.State != kpd.StateConsumed && !r.Spent && len(r.Data) == 0 {
 		report(1, "%s without KeyPackage bytes", r.State)
+	}
+	if r.Spent && (r.State == kpd.StateAvailable || r.Lapsed || r.Pending > 0 || len(r.Data) > 0) {
+		report(1, "spent, but %s%s with %d pending deliveries and %d bytes: only a claimed or consumed KeyPackage "+
+			"without deliveries, before its not_after, is spent, and its bytes go", r.State, map[bool]string{true: ", lapsed,"}[r.Lapsed], r.Pending, len(r.Data))
 	}
 	r.Data = nil // the record stays in memory for later checks, which need only its metadata
 	if r.State == kpd.StateConsumed && r.ConsumedAt == nil {

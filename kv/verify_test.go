@@ -165,6 +165,9 @@ func TestVerifyFindsViolations(t *testing.T) {
 			{3, "suite 1 counters available=1 claimed=1, records say 2 and 0"},
 			{4, "names KeyPackage {claimed}, which is available for welcome"},
 		}},
+		{"available and spent", func(s *scenario, tx *bolt.Tx) error {
+			return s.editKP(tx, s.available, func(r *kpRecord) { r.Spent = true })
+		}, []expectation{{1, "(ref {available}): spent, but available"}}},
 		{"available and lapsed", func(s *scenario, tx *bolt.Tx) error {
 			if err := tx.Bucket(bucketExpiry).Delete(index.TimeRef(s.record(t, s.available).NotAfter.time(), s.raw(s.available))); err != nil {
 				return err

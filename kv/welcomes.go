@@ -154,7 +154,7 @@ func (t *txn) route(w kpd.Welcome) (*welcomeRecord, error) {
 // new delivery would keep the record longer.
 func routeRefusal(kp *kpRecord, w kpd.Welcome, now time.Time) kpd.Code {
 	switch {
-	case kp == nil:
+	case kp == nil || kp.Spent:
 		return kpd.CodeUnknownKeyPackage
 	case kp.Suite != w.CipherSuite:
 		return kpd.CodeSuiteMismatch
