@@ -119,8 +119,9 @@ type verifier struct {
 	// what the records add up to.
 	stored, counted *statsRecord
 	seen            int
-	// kpSeq is the publish sequence: the kps bucket's.
-	kpSeq uint64
+	// kpSeq is the publish sequence: the kps bucket's; pendingSeq and
+	// outboxSeq those of the pending queue and the outbox.
+	kpSeq, pendingSeq, outboxSeq uint64
 }
 
 func (v *verifier) report(invariant int, bucket, key []byte, format string, args ...any) {
@@ -144,6 +145,12 @@ func (v *verifier) run() error {
 	}
 	if b := v.t.bucket(bucketKPs); b != nil {
 		v.kpSeq = b.Sequence()
+	}
+	if b := v.t.bucket(bucketPending); b != nil {
+		v.pendingSeq = b.Sequence()
+	}
+	if b := v.t.bucket(bucketOutbox); b != nil {
+		v.outboxSeq = b.Sequence()
 	}
 	v.counted = &statsRecord{Bounds: kpd.PoolSizeBounds}
 	if v.t.bucket(bucketMeta) != nil {
@@ -429,10 +436,15 @@ func (v *verifier) delivery(k, val []byte) error {
 }
 
 func (v *verifier) pendingEntry(k, val []byte) error {
-	if _, _, _, err := index.DecodePending(k); err != nil {
+	_, _, seq, err := index.DecodePending(k)
+	switch {
+	case err != nil:
 		v.report(0, bucketPending, k, "%v", err)
-	} else if !v.entries[entryKey(indexEntry{bucketPending, k, val})] {
+	case !v.entries[entryKey(indexEntry{bucketPending, k, val})]:
 		v.report(4, bucketPending, k, "queues welcome %s, which has no pending delivery with this key", val)
+	}
+	if err == nil && seq > v.pendingSeq {
+		v.report(4, bucketPending, k, "seq %d is beyond the queue's sequence %d: a new delivery may reuse its key", seq, v.pendingSeq)
 	}
 	return nil
 }
@@ -469,10 +481,12 @@ func (v *verifier) orphanEntry(k, val []byte) error {
 
 func (v *verifier) event(k, val []byte) error {
 	var e eventRecord
-	if _, err := index.DecodeUint64(k); err != nil {
+	if seq, err := index.DecodeUint64(k); err != nil {
 		v.report(0, bucketOutbox, k, "%v", err)
 	} else if err := decode(val, &e); err != nil {
 		v.report(0, bucketOutbox, k, "%v", err)
+	} else if seq > v.outboxSeq {
+		v.report(0, bucketOutbox, k, "seq %d is beyond the outbox's sequence %d: a new event may overwrite it", seq, v.outboxSeq)
 	}
 	v.counted.Events++
 	return nil

@@ -165,6 +165,9 @@ func TestVerifyFindsViolations(t *testing.T) {
 			{3, "suite 1 counters available=1 claimed=1, records say 2 and 0"},
 			{4, "names KeyPackage {claimed}, which is available for welcome"},
 		}},
+		{"pending queue's sequence behind its keys", func(s *scenario, tx *bolt.Tx) error {
+			return tx.Bucket(bucketPending).SetSequence(0)
+		}, []expectation{{4, "is beyond the queue's sequence 0: a new delivery may reuse its key"}}},
 		{"available and spent", func(s *scenario, tx *bolt.Tx) error {
 			return s.editKP(tx, s.available, func(r *kpRecord) { r.Spent = true })
 		}, []expectation{{1, "(ref {available}): spent, but available"}}},
@@ -229,7 +232,7 @@ func TestVerifyFindsViolations(t *testing.T) {
 				return err
 			}
 			return tx.Bucket(bucketOutbox).Put(index.Uint64(7), b)
-		}, []expectation{{3, "outbox events 0, records say 1"}}},
+		}, []expectation{{3, "outbox events 0, records say 1"}, {0, "seq 7 is beyond the outbox's sequence 0: a new event may overwrite it"}}},
 		{"delivery time index entry lost", func(s *scenario, tx *bolt.Tx) error {
 			c := tx.Bucket(bucketSince).Cursor()
 			k, _ := c.First()
