@@ -402,7 +402,19 @@ func (v *verifier) delivery(k, val []byte) error {
 	v.counted.addDelivery(&d, 1)
 	v.implied(4, describeKey(bucketDeliveries, k), string(d.Status.State)+" delivery", deliveryEntries(did, device, id, &d))
 	switch d.Status.State {
-	case kpd.DeliveryAcked, kpd.DeliveryRejected, kpd.DeliveryExpired:
+	case kpd.DeliveryAcked, kpd.DeliveryRejected:
+		// Its regular KeyPackages were consumed by it, unless the
+		// sweeper has purged them since.
+		for _, ref := range d.Refs {
+			c := v.kps[string(ref)]
+			if c != nil && !c.rec.LastResort && !c.rec.Spent && c.rec.DID == did && c.rec.Device == device &&
+				(c.rec.State != kpd.StateConsumed || c.rec.Welcome != id) {
+				v.report(4, bucketDeliveries, k, "%s, but names KeyPackage %x, which is %s for welcome %q",
+					d.Status.State, ref, c.rec.State, c.rec.Welcome)
+			}
+		}
+		return nil
+	case kpd.DeliveryExpired:
 		return nil
 	case kpd.DeliveryPending:
 	default:

@@ -168,6 +168,9 @@ func TestVerifyFindsViolations(t *testing.T) {
 		{"pending queue's sequence behind its keys", func(s *scenario, tx *bolt.Tx) error {
 			return tx.Bucket(bucketPending).SetSequence(0)
 		}, []expectation{{4, "is beyond the queue's sequence 0: a new delivery may reuse its key"}}},
+		{"acked, yet its KeyPackage not consumed", func(s *scenario, tx *bolt.Tx) error {
+			return s.editKP(tx, s.consumed, func(r *kpRecord) { r.State, r.ConsumedAt = kpd.StateClaimed, nil })
+		}, []expectation{{4, "acked, but names KeyPackage {consumed}, which is claimed for welcome"}}},
 		{"available and spent", func(s *scenario, tx *bolt.Tx) error {
 			return s.editKP(tx, s.available, func(r *kpRecord) { r.Spent = true })
 		}, []expectation{{1, "(ref {available}): spent, but available"}}},
