@@ -190,7 +190,10 @@ func (d *Dispatcher) Run(ctx context.Context) {
 	if p.client == nil {
 		// http.DefaultTransport keeps 2 idle connections per host: more
 		// concurrent deliveries would open a new one each time.
-		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr := &http.Transport{Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true}
+		if def, ok := http.DefaultTransport.(*http.Transport); ok {
+			tr = def.Clone()
+		}
 		tr.MaxIdleConnsPerHost = p.concurrency
 		p.client = &http.Client{Timeout: DefaultTimeout, Transport: tr}
 		defer tr.CloseIdleConnections()
