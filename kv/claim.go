@@ -145,7 +145,10 @@ func missingReason(dev *deviceRecord, suite uint16) kpd.Code {
 // does not exist. The pool is the device's available regular KeyPackages of
 // the suite in key (publish) order: pick reads the records from the pool's
 // head on, stepping over last resorts and noting expired ones, up to the
-// first it can hand out; p.head is then past every record it read.
+// first it can hand out; p.head is then past every record it read, or at
+// the first one it stepped over because its lifetime has not begun (publish
+// accepts a not_before up to the clock-skew allowance ahead; an adder would
+// refuse such a KeyPackage, so it waits, and later claims read it again).
 func (t *txn) pick(did, device string, suite uint16) (claimPick, error) {
 	p := claimPick{did: did, device: device, suite: suite}
 	dev, err := t.device(did, device)
@@ -155,16 +158,23 @@ func (t *txn) pick(did, device string, suite uint16) (claimPick, error) {
 	p.dev = dev
 	prefix := index.DeviceSuite(did, device, suite)
 	c := t.bucket(bucketKPs).Cursor()
+	waiting := false // a KeyPackage not valid yet was stepped over: the head stays at it
 	for k, v := c.Seek(index.KeyPackage(did, device, suite, dev.Suites[suite].Head)); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 		var r kpRecord
 		if err := decode(v, &r); err != nil {
 			return p, fmt.Errorf("%s: %w", describeKey(bucketKPs, k), err)
 		}
-		p.head = r.Seq + 1
+		if !waiting {
+			p.head = r.Seq + 1
+		}
 		switch {
 		case r.State != kpd.StateAvailable || r.LastResort:
 		case !t.now.Before(r.NotAfter.time()):
 			p.expired = append(p.expired, &r)
+		case t.now.Before(r.NotBefore.time()):
+			if !waiting {
+				waiting, p.head = true, r.Seq
+			}
 		default:
 			p.rec = &r
 			return p, nil
@@ -174,7 +184,7 @@ func (t *txn) pick(did, device string, suite uint16) (claimPick, error) {
 	if err != nil {
 		return p, err
 	}
-	if lr != nil && t.now.Before(lr.NotAfter.time()) {
+	if lr != nil && t.now.Before(lr.NotAfter.time()) && !t.now.Before(lr.NotBefore.time()) {
 		p.rec = lr
 	}
 	return p, nil

@@ -258,3 +258,43 @@ func TestClaimAdvancesHead(t *testing.T) {
 	wantHead("publishing again", 6)
 	wantClaim(kp.Ref, 7)
 }
+
+// A KeyPackage whose lifetime has not begun yet (publish accepts a
+// not_before up to the clock-skew allowance ahead) is not handed out: the
+// claim takes the next one, or the last resort, and later claims take it
+// once it is valid, in publish order.
+func TestClaimSkipsKeyPackagesNotValidYet(t *testing.T) {
+	e := newTestDB(t)
+	now := e.clock.Now()
+	early, valid := e.newKP(1), e.newKP(1)
+	early.NotBefore = now.Add(30 * time.Minute)
+	e.publish(t, bob, "phone", early, valid)
+	if got := e.claimOne(t, alice, bob, "phone", 1); got.Ref != valid.Ref {
+		t.Fatalf("claimed %s, want the valid %s", got.Ref, valid.Ref)
+	}
+	res := e.claim(t, kpd.ClaimRequest{Claimer: alice, CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: bob}}})
+	if len(res.KeyPackages) != 0 || len(res.Missing) != 1 || res.Missing[0].Reason != kpd.CodeExhausted {
+		t.Fatalf("claim with only a KeyPackage not valid yet: %+v, want Exhausted", res)
+	}
+
+	lr := e.newLastResort(1)
+	lr.NotBefore = now.Add(10 * time.Minute)
+	e.publish(t, bob, "phone", lr)
+	res = e.claim(t, kpd.ClaimRequest{Claimer: alice, CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: bob}}})
+	if len(res.KeyPackages) != 0 {
+		t.Fatalf("handed out %+v: a last resort not valid yet", res.KeyPackages)
+	}
+	e.clock.Advance(10 * time.Minute)
+	if got := e.claimOne(t, alice, bob, "phone", 1); got.Ref != lr.Ref {
+		t.Fatalf("claimed %s, want the last resort %s now valid", got.Ref, lr.Ref)
+	}
+	later := e.newKP(1)
+	e.publish(t, bob, "phone", later)
+	if got := e.claimOne(t, alice, bob, "phone", 1); got.Ref != later.Ref {
+		t.Fatalf("claimed %s, want %s, valid before the early one", got.Ref, later.Ref)
+	}
+	e.clock.Advance(20 * time.Minute)
+	if got := e.claimOne(t, alice, bob, "phone", 1); got.Ref != early.Ref {
+		t.Fatalf("claimed %s, want the early one %s now valid", got.Ref, early.Ref)
+	}
+}
