@@ -84,19 +84,35 @@ func parseName(name string) (time.Time, bool) {
 
 // Snapshot writes a snapshot of src to dir/name and its checksum to
 // dir/name.sha256, each through a temporary file that is fsynced and renamed
-// into place. An existing file of that name is replaced. On error nothing is
-// left behind but, at worst, a complete snapshot without its checksum file.
+// into place. An existing file of that name is replaced (a symbolic link is
+// followed), unless a running kpd has it open as its database: that is
+// refused with an error wrapping kv.ErrInUse, and the file is held locked
+// while the snapshot is written. The checksum file of a replaced snapshot
+// is removed before the new snapshot takes its place, so that a crash
+// between the two renames cannot pair a snapshot with another's checksum.
+// On error nothing is left behind but, at worst, a complete snapshot (the
+// new one or the one it was to replace) without its checksum file.
 func Snapshot(src Source, dir, name string) (Info, error) {
 	if name == "" || name == "." || name == ".." || filepath.Base(name) != name {
 		return Info{}, fmt.Errorf("snapshot: %q is not a file name", name)
 	}
-	path := filepath.Join(dir, name)
+	path := followLink(filepath.Join(dir, name))
+	unlock, err := lockFile(path, 0, false)
+	if err != nil {
+		return Info{}, fmt.Errorf("snapshot: refusing to replace %s: %w", path, err)
+	}
+	defer unlock()
 	h := sha256.New()
 	var size int64
-	err := writeFileAtomic(path, func(f *os.File) error {
+	err = writeFileAtomicThen(path, func(f *os.File) error {
 		n, err := src.WriteSnapshot(io.MultiWriter(f, h))
 		size = n
 		return err
+	}, func() error {
+		if err := os.Remove(path + ChecksumSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return syncDir(filepath.Dir(path))
 	})
 	if err != nil {
 		return Info{}, fmt.Errorf("snapshot %s: %w", path, err)
@@ -151,7 +167,14 @@ func readChecksum(path string) (string, error) {
 // gets its permissions (and, when run as root, its owner), so that a
 // restored database stays readable by the service that owns it. On error
 // the temporary file is removed and path is untouched.
-func writeFileAtomic(path string, fill func(f *os.File) error) (err error) {
+func writeFileAtomic(path string, fill func(f *os.File) error) error {
+	return writeFileAtomicThen(path, fill, nil)
+}
+
+// writeFileAtomicThen is writeFileAtomic that calls prepare, when set,
+// after the new file is durable and before it is renamed over path; an
+// error from prepare fails the write.
+func writeFileAtomicThen(path string, fill func(f *os.File) error, prepare func() error) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
@@ -179,10 +202,25 @@ func writeFileAtomic(path string, fill func(f *os.File) error) (err error) {
 	if err := f.Close(); err != nil {
 		return err
 	}
+	if prepare != nil {
+		if err := prepare(); err != nil {
+			return err
+		}
+	}
 	if err := os.Rename(f.Name(), path); err != nil {
 		return err
 	}
 	return syncDir(dir)
+}
+
+// followLink returns the file that path names when it is a symbolic link
+// (resolved fully), so that replacing it replaces that file rather than the
+// link; otherwise, or when it cannot be resolved, path.
+func followLink(path string) string {
+	if p, err := filepath.EvalSymlinks(path); err == nil {
+		return p
+	}
+	return path
 }
 
 // syncDir fsyncs a directory, making a rename in it durable.

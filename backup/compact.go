@@ -18,11 +18,13 @@ type CompactResult struct {
 // pages that bbolt never returns to the file system. With out empty (or
 // naming dbPath itself) the compacted copy replaces dbPath atomically (a
 // temporary file beside it, fsynced and renamed over it) while dbPath stays
-// locked; otherwise it is written to out, which must not exist yet. A
+// locked (a dbPath that is a symbolic link is followed); otherwise it is
+// written to out, which must not exist yet. A
 // database held by a running server is refused with an error wrapping
 // kv.ErrInUse.
 func Compact(dbPath, out string, opts *Options) (CompactResult, error) {
 	o := opts.withDefaults()
+	dbPath = followLink(dbPath) // in place, replace the file a link names, not the link
 	before, err := os.Stat(dbPath)
 	if err != nil {
 		return CompactResult{}, fmt.Errorf("compact: %w", err)

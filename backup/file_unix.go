@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -19,9 +20,16 @@ const lockRetry = 50 * time.Millisecond
 // lockFile takes the exclusive flock(2) lock that bbolt takes on a database
 // file it opens read-write, waiting up to timeout; a running kpd holds it.
 // It does not read the file, so it works on a damaged database too. The
-// returned function releases the lock. A missing file needs no lock.
-func lockFile(path string, timeout time.Duration) (unlock func() error, err error) {
-	f, err := os.Open(path)
+// returned function releases the lock. A missing file needs no lock, unless
+// create is set: then lockFile creates it empty (mode 0600) and locks it,
+// so that a server starting meanwhile waits for the lock instead of
+// creating a database of its own there.
+func lockFile(path string, timeout time.Duration, create bool) (unlock func() error, err error) {
+	flag := os.O_RDONLY
+	if create {
+		flag |= os.O_CREATE
+	}
+	f, err := os.OpenFile(path, flag, 0o600)
 	if errors.Is(err, fs.ErrNotExist) {
 		return func() error { return nil }, nil
 	}
@@ -43,6 +51,24 @@ func lockFile(path string, timeout time.Duration) (unlock func() error, err erro
 		}
 		time.Sleep(lockRetry)
 	}
+}
+
+// ownLikeDir gives the file at path the owner and group of its directory,
+// when running as root (a restore run by root for a service that runs as
+// its own user); otherwise it does nothing.
+func ownLikeDir(path string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	fi, err := os.Stat(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	return os.Chown(path, int(st.Uid), int(st.Gid))
 }
 
 // matchFile gives f the permissions of the file fi describes and, when

@@ -86,17 +86,37 @@ func Verify(path string, opts *Options) error {
 // failure leaves dbPath untouched. While it runs it holds dbPath's lock; if
 // a running server holds it, Restore fails with an error wrapping
 // kv.ErrInUse. A damaged database at dbPath can be replaced.
-func Restore(from, dbPath string, opts *Options) error {
+//
+// A dbPath that is a symbolic link is followed: the file it names is
+// replaced. When dbPath does not exist, Restore creates it empty first and
+// holds its lock (a server starting meanwhile waits for it, then opens the
+// restored file); the empty file gets the owner of its directory when run
+// as root, and is removed again if the restore fails.
+func Restore(from, dbPath string, opts *Options) (err error) {
 	o := opts.withDefaults()
+	dbPath = followLink(dbPath)
 	want, err := expectedChecksum(from, o)
 	if err != nil {
 		return err
 	}
-	unlock, err := lockFile(dbPath, o.LockTimeout)
+	_, statErr := os.Stat(dbPath)
+	created := errors.Is(statErr, fs.ErrNotExist)
+	unlock, err := lockFile(dbPath, o.LockTimeout, true)
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
 	defer unlock()
+	if created {
+		// Removed while still locked, so that no server opens it.
+		defer func() {
+			if err != nil {
+				os.Remove(dbPath)
+			}
+		}()
+		if err := ownLikeDir(dbPath); err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
+	}
 	err = writeFileAtomic(dbPath, func(f *os.File) error {
 		got, err := copyHashed(f, from, o.Progress)
 		if err != nil {

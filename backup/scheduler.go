@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -62,11 +63,21 @@ func (s *Scheduler) Run(ctx context.Context) {
 	if err != nil {
 		s.Logger.Error().Err(err).Str("dir", s.Dir).Msg("backup: list snapshots")
 	}
+	// The newest snapshot taken at a time not after now decides when the
+	// next one is due. One named later than now was taken while the clock
+	// was ahead: it neither delays the next nor counts as the last
+	// success, which would keep a backup-age alert quiet.
 	var wait time.Duration
-	if len(names) > 0 {
-		newest, _ := parseName(names[len(names)-1])
-		s.last.Store(newest.UnixNano())
-		wait = max(0, newest.Add(interval).Sub(s.Clock.Now()))
+	now := s.Clock.Now()
+	for i := len(names) - 1; i >= 0; i-- {
+		at, _ := parseName(names[i])
+		if at.After(now) {
+			s.Logger.Warn().Str("dir", s.Dir).Str("snapshot", names[i]).Msg("backup: a snapshot is named after the current time; the clock was ahead when it was taken, or is behind now")
+			continue
+		}
+		s.last.Store(at.UnixNano())
+		wait = min(interval, max(0, at.Add(interval).Sub(now)))
+		break
 	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
@@ -112,7 +123,7 @@ func (s *Scheduler) snapshot(ctx context.Context) {
 	if s.OnSuccess != nil {
 		s.OnSuccess(at)
 	}
-	if err := s.prune(); err != nil {
+	if err := s.prune(Name(at), at); err != nil {
 		s.Logger.Error().Err(err).Str("dir", s.Dir).Msg("backup: delete old snapshots")
 	}
 }
@@ -133,10 +144,12 @@ func (s *Scheduler) snapshots() ([]string, error) {
 	return names, nil
 }
 
-// prune deletes all but the newest Keep snapshots. The checksum file goes
+// prune deletes all but the newest Keep snapshots, never just (the one
+// just written at now). Snapshots named after now, taken while the clock
+// was ahead, count as the oldest: they go first. The checksum file goes
 // first, so that an interrupted prune leaves a snapshot that the next one
 // deletes, never an orphaned checksum file.
-func (s *Scheduler) prune() error {
+func (s *Scheduler) prune(just string, now time.Time) error {
 	keep := s.Keep
 	if keep <= 0 {
 		keep = DefaultKeep
@@ -145,7 +158,18 @@ func (s *Scheduler) prune() error {
 	if err != nil {
 		return err
 	}
-	for _, name := range names[:max(0, len(names)-keep)] {
+	ahead := func(name string) bool { at, _ := parseName(name); return at.After(now) }
+	slices.SortStableFunc(names, func(a, b string) int { // future ones first, each part in time order
+		switch fa, fb := ahead(a), ahead(b); {
+		case fa && !fb:
+			return -1
+		case fb && !fa:
+			return 1
+		}
+		return strings.Compare(a, b)
+	})
+	names = slices.DeleteFunc(names, func(n string) bool { return n == just })
+	for _, name := range names[:max(0, len(names)-(keep-1))] {
 		path := filepath.Join(s.Dir, name)
 		if err := os.Remove(path + ChecksumSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err

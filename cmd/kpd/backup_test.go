@@ -97,6 +97,16 @@ func TestBackupFromServerAndRestore(t *testing.T) {
 		t.Fatalf("the fetched snapshot: %v", err)
 	}
 
+	// -o naming the served database itself is refused, and the server
+	// keeps its file.
+	_, err = runCmd(map[string]string{"KPD_ADMIN_TOKEN": backupTestToken}, fx.now, "backup", "--url", url, "-o", dbPath)
+	if !errors.Is(err, kv.ErrInUse) || exitCode(err) != 1 {
+		t.Errorf("backup -o the served database: err = %v, want kv.ErrInUse and exit status 1", err)
+	}
+	if _, err := client.New(url, aliceDID).Inventory(ctx, "dev1", false); err != nil {
+		t.Errorf("the server after a refused backup over its file: %v", err)
+	}
+
 	_, err = runCmd(nil, fx.now, "backup", "--url", url, "--admin-token", "not-the-admin-token", "-o", filepath.Join(dir, "x.db"))
 	var ke *kpd.Error
 	if !errors.As(err, &ke) || ke.Code != kpd.CodeUnauthorized || exitCode(err) != 1 {
@@ -160,6 +170,19 @@ func TestBackupFromFile(t *testing.T) {
 	db.Close()
 	if err != nil || len(toks) != 1 {
 		t.Errorf("snapshot tokens = %v, %v; want the one created", toks, err)
+	}
+	// A second backup to the same file replaces it; one onto its own source
+	// is refused.
+	wantCmd(t, fx.now, "backup", "--db", dbPath, "-o", snap)
+	if err := backup.Verify(snap, nil); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(dbPath)
+	if _, err := runCmd(nil, fx.now, "backup", "--db", dbPath, "-o", dbPath); !errors.Is(err, kv.ErrInUse) {
+		t.Errorf("backup --db F -o F: %v, want kv.ErrInUse", err)
+	}
+	if after, _ := os.ReadFile(dbPath); !bytes.Equal(after, before) {
+		t.Error("a refused backup changed its source")
 	}
 
 	// A database in use is refused: only a server can snapshot it.
