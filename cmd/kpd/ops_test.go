@@ -226,6 +226,7 @@ func TestServeOperationsFlags(t *testing.T) {
 		{"url without secret", []string{"--webhook-url", "http://127.0.0.1:9/hook"}, "--webhook-secret"},
 		{"short secret", []string{"--webhook-url", "http://127.0.0.1:9/hook", "--webhook-secret", "short"}, "at least 16"},
 		{"not http", []string{"--webhook-url", "ftp://example/hook", "--webhook-secret", webhookSecret}, "http or https"},
+		{"URL not echoed", []string{"--webhook-url", "ftp://user:hunter2@example/hook?token=s3cret", "--webhook-secret", webhookSecret}, "http or https"},
 		{"secret twice", []string{"--webhook-url", "http://127.0.0.1:9/hook", "--webhook-secret", webhookSecret,
 			"--webhook-secret-file", secretFile}, "not both"},
 		{"sweep interval", []string{"--sweep-interval", "0"}, "--sweep-interval"},
@@ -247,6 +248,9 @@ func TestServeOperationsFlags(t *testing.T) {
 				"--listen", "127.0.0.1:0", "--auth", "dev"}, tc.args...))
 			if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("serve %v: %v; want a usage error naming %q", tc.args, err, tc.want)
+			}
+			if strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "s3cret") {
+				t.Fatalf("serve %v: the usage error shows the URL's credentials: %v", tc.args, err)
 			}
 		})
 	}

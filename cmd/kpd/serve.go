@@ -522,7 +522,8 @@ func (f *webhookFlags) dispatcher(clock kpd.Clock, logger zerolog.Logger) (*webh
 	}
 	u, err := url.Parse(f.url)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, usageErrorf("--webhook-url %q: want an http or https URL", f.url)
+		// Not the URL itself: its query or user info may hold a credential.
+		return nil, usageErrorf("--webhook-url: want an http or https URL with a host")
 	}
 	secret, err := readSecret("webhook-secret", f.secret, f.secretFile)
 	if err != nil {
