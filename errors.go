@@ -98,13 +98,15 @@ const (
 	LimitWelcomeMembers    = "welcome_members"
 	LimitPublishBatch      = "publish_batch"
 	LimitClaimTargets      = "claim_targets"
+	LimitClaimDevices      = "claim_devices"
+	LimitRefsPerRequest    = "refs_per_request"
 	LimitAvailablePerSuite = "available_per_suite"
 	LimitDevicesPerDID     = "devices_per_did"
 )
 
 // Limits are every Limit constant.
 var Limits = []string{LimitBodySize, LimitKeyPackageSize, LimitWelcomeSize, LimitWelcomeMembers, LimitPublishBatch,
-	LimitClaimTargets, LimitAvailablePerSuite, LimitDevicesPerDID}
+	LimitClaimTargets, LimitClaimDevices, LimitRefsPerRequest, LimitAvailablePerSuite, LimitDevicesPerDID}
 
 // Error implements the error interface.
 func (e *Error) Error() string {

@@ -34,6 +34,10 @@ func (s *server) claim(w http.ResponseWriter, r *request) error {
 	if err := s.checkTargets(req.Targets); err != nil {
 		return err
 	}
+	if n := len(req.ExcludeDevices); n > s.limits.MaxClaimDevices {
+		return &kpd.Error{Code: kpd.CodePayloadTooLarge, Limit: kpd.LimitClaimDevices,
+			Message: fmt.Sprintf("exclude_devices names %d devices; at most %d", n, s.limits.MaxClaimDevices)}
+	}
 	for i, d := range req.ExcludeDevices {
 		if !kpd.ValidDevice(d) {
 			return kpd.Errorf(kpd.CodeBadRequest, "exclude_devices[%d] is not a device name", i)
@@ -62,8 +66,9 @@ func (s *server) claim(w http.ResponseWriter, r *request) error {
 	return s.respond(w, r.Request, http.StatusOK, res)
 }
 
-// checkTargets checks the number of targets (1 to MaxClaimTargets; more is
-// PayloadTooLarge) and each target: a valid DID listed once, valid device
+// checkTargets checks the number of targets (1 to MaxClaimTargets) and of
+// each target's devices (at most MaxClaimDevices), more being
+// PayloadTooLarge, then each target: a valid DID listed once, valid device
 // names. Invalid targets are BadRequest with every one in `errors`.
 func (s *server) checkTargets(targets []kpd.ClaimTarget) error {
 	switch n := len(targets); {
@@ -72,6 +77,12 @@ func (s *server) checkTargets(targets []kpd.ClaimTarget) error {
 	case n > s.limits.MaxClaimTargets:
 		return &kpd.Error{Code: kpd.CodePayloadTooLarge, Limit: kpd.LimitClaimTargets,
 			Message: fmt.Sprintf("%d targets in one claim; at most %d", n, s.limits.MaxClaimTargets)}
+	}
+	for i, t := range targets {
+		if n := len(t.Devices); n > s.limits.MaxClaimDevices {
+			return &kpd.Error{Code: kpd.CodePayloadTooLarge, Limit: kpd.LimitClaimDevices,
+				Message: fmt.Sprintf("targets[%d] names %d devices; at most %d", i, n, s.limits.MaxClaimDevices)}
+		}
 	}
 	seen := make(map[string]bool, len(targets))
 	var items []kpd.ItemError

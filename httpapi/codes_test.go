@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"io"
 	"maps"
 	"net/http"
@@ -226,6 +227,97 @@ func TestSizeLimits(t *testing.T) {
 	limits.want(t, kpd.LimitPublishBatch, kpd.LimitBodySize, kpd.LimitKeyPackageSize, kpd.LimitClaimTargets, kpd.LimitWelcomeSize)
 	if len(must(a.Publish(ctx, "dev1", [][]byte{kp}))(t).Results) != 1 {
 		t.Fatal("a publish within the limits failed")
+	}
+}
+
+// TestListLimits: the refs of a delete or sync and the devices a claim
+// names (per target and in exclude_devices) are capped at their documented
+// defaults: one more is 413 PayloadTooLarge naming the limit, counted,
+// before the store runs (the device need not exist); the cap itself works.
+func TestListLimits(t *testing.T) {
+	limits := &limitRecorder{}
+	s := start(t, func(o *options) { o.config = func(c *httpapi.Config) { c.Metrics = limits } })
+	ctx := context.Background()
+	a := s.as(alice)
+
+	refs := make([]kpd.Ref, httpapi.DefaultMaxRefs+1)
+	for i := range refs {
+		refs[i] = kpd.Ref(fmt.Sprintf("%064x", i))
+	}
+	_, err := a.DeleteKeyPackages(ctx, "nodevice", refs)
+	wantLimit(t, err, kpd.CodePayloadTooLarge, "refs_per_request")
+	_, err = a.Sync(ctx, "nodevice", refs)
+	wantLimit(t, err, kpd.CodePayloadTooLarge, "refs_per_request")
+	kp, _ := s.keyPackage(1, alice+"#dev1", false)
+	must(a.Publish(ctx, "dev1", [][]byte{kp}))(t)
+	if del := must(a.DeleteKeyPackages(ctx, "dev1", refs[1:]))(t); del.Deleted != 0 {
+		t.Fatalf("deleting %d unknown refs deleted %d", len(refs)-1, del.Deleted)
+	}
+	if res := must(a.Sync(ctx, "dev1", refs[1:]))(t); len(res.Unknown) != httpapi.DefaultMaxRefs || len(res.Deleted) != 1 {
+		t.Fatalf("sync of %d unknown refs: %d unknown, %d deleted; want all unknown and the one KeyPackage deleted",
+			len(refs)-1, len(res.Unknown), len(res.Deleted))
+	}
+
+	devices := make([]string, httpapi.DefaultMaxClaimDevices+1)
+	for i := range devices {
+		devices[i] = fmt.Sprintf("d%d", i)
+	}
+	_, err = s.as(bob).Claim(ctx, client.ClaimRequest{CipherSuite: 1,
+		Targets: []kpd.ClaimTarget{{DID: carol}, {DID: alice, Devices: devices}}})
+	wantLimit(t, err, kpd.CodePayloadTooLarge, "claim_devices")
+	_, err = a.Claim(ctx, client.ClaimRequest{CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: carol}}, ExcludeDevices: devices})
+	wantLimit(t, err, kpd.CodePayloadTooLarge, "claim_devices")
+	res := must(s.as(bob).Claim(ctx, client.ClaimRequest{CipherSuite: 1,
+		Targets: []kpd.ClaimTarget{{DID: alice, Devices: devices[1:]}}}))(t)
+	if len(res.Missing) != httpapi.DefaultMaxClaimDevices {
+		t.Fatalf("a claim of %d unknown devices has %d missing", len(devices)-1, len(res.Missing))
+	}
+	must(a.Claim(ctx, client.ClaimRequest{CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: carol}}, ExcludeDevices: devices[1:]}))(t)
+	limits.want(t, "refs_per_request", "refs_per_request", "claim_devices", "claim_devices")
+}
+
+// The limits of TestListLimits are configurable.
+func TestListLimitsConfigured(t *testing.T) {
+	s := start(t, func(o *options) { o.limits = httpapi.Limits{MaxRefs: 2, MaxClaimDevices: 1} })
+	ctx := context.Background()
+	refs := []kpd.Ref{"aa", "bb", "cc"}
+	_, err := s.as(alice).Sync(ctx, "dev1", refs)
+	wantLimit(t, err, kpd.CodePayloadTooLarge, "refs_per_request")
+	_, err = s.as(bob).Claim(ctx, client.ClaimRequest{CipherSuite: 1,
+		Targets: []kpd.ClaimTarget{{DID: alice, Devices: []string{"a", "b"}}}})
+	wantLimit(t, err, kpd.CodePayloadTooLarge, "claim_devices")
+	_, err = s.as(alice).Claim(ctx, client.ClaimRequest{CipherSuite: 1,
+		Targets: []kpd.ClaimTarget{{DID: bob}}, ExcludeDevices: []string{"a", "b"}})
+	wantLimit(t, err, kpd.CodePayloadTooLarge, "claim_devices")
+}
+
+// Of many refs that are not hex, a delete or sync lists only the first 100
+// in errors, and counts them all in the detail: the answer stays small.
+func TestInvalidRefsListedInPart(t *testing.T) {
+	s := start(t)
+	ctx := context.Background()
+	refs := make([]kpd.Ref, 250)
+	refs[0] = "abcd"
+	for i := 1; i < len(refs); i++ {
+		refs[i] = "not hex"
+	}
+	check := func(err error) {
+		t.Helper()
+		e := wantCode(t, err, kpd.CodeBadRequest)
+		if len(e.Errors) != 100 || e.Errors[0].Index != 1 || e.Errors[99].Index != 100 {
+			t.Fatalf("%d errors, from index %d; want 100, indexes 1 to 100", len(e.Errors), e.Errors[0].Index)
+		}
+		if !strings.Contains(e.Detail, "249 of 250") {
+			t.Fatalf("detail %q does not count the 249 invalid refs of 250", e.Detail)
+		}
+	}
+	_, err := s.as(alice).Sync(ctx, "dev1", refs)
+	check(err)
+	_, err = s.as(alice).DeleteKeyPackages(ctx, "dev1", refs)
+	check(err)
+	_, err = s.as(alice).Sync(ctx, "dev1", refs[:3])
+	if e := wantCode(t, err, kpd.CodeBadRequest); len(e.Errors) != 2 || strings.Contains(e.Detail, "first") {
+		t.Fatalf("two invalid refs: errors %+v, detail %q; want both listed", e.Errors, e.Detail)
 	}
 }
 

@@ -44,6 +44,16 @@ type Limits struct {
 	MaxPublishBatch int
 	// MaxClaimTargets caps the targets of one claim (default 100).
 	MaxClaimTargets int
+	// MaxClaimDevices caps the devices one claim target names, and the
+	// exclude_devices of a claim (default 100, five times SPEC's default
+	// devices per DID); more is PayloadTooLarge. Each named device is
+	// looked up in the claim's write transaction and, when unknown,
+	// answered with a `missing` entry, so this bounds both.
+	MaxClaimDevices int
+	// MaxRefs caps the refs of one delete or sync (default 10,000); more
+	// is PayloadTooLarge. A sync looks each one up in its write
+	// transaction.
+	MaxRefs int
 	// MaxListWelcomes caps the Welcomes one listing returns; it is also the
 	// page size when the request names none (default 100).
 	MaxListWelcomes int
@@ -51,6 +61,17 @@ type Limits struct {
 
 // DefaultMaxWelcomeMembers is the default of Limits.MaxWelcomeMembers.
 const DefaultMaxWelcomeMembers = 10000
+
+// Defaults of Limits.MaxClaimDevices and Limits.MaxRefs.
+const (
+	DefaultMaxClaimDevices = 100
+	DefaultMaxRefs         = 10_000
+)
+
+// maxItemErrors caps the per-item errors one problem lists for a request
+// whose lists may be long (the refs of delete and sync): its detail counts
+// them all, so that an answer stays small whatever the request's size.
+const maxItemErrors = 100
 
 // withDefaults returns l with every zero (or negative) field set to its
 // SPEC default.
@@ -62,6 +83,8 @@ func (l Limits) withDefaults() Limits {
 		MaxWelcomeMembers:  orDefault(l.MaxWelcomeMembers, DefaultMaxWelcomeMembers),
 		MaxPublishBatch:    orDefault(l.MaxPublishBatch, 100),
 		MaxClaimTargets:    orDefault(l.MaxClaimTargets, 100),
+		MaxClaimDevices:    orDefault(l.MaxClaimDevices, DefaultMaxClaimDevices),
+		MaxRefs:            orDefault(l.MaxRefs, DefaultMaxRefs),
 		MaxListWelcomes:    orDefault(l.MaxListWelcomes, 100),
 	}
 }
@@ -118,6 +141,11 @@ type Config struct {
 	// (?wait=); 0 means DefaultMaxWaiters. Beyond it a listing with no
 	// pending Welcome fails at once with 503 Unavailable and Retry-After.
 	MaxWaiters int
+	// MaxWaitersPerDID caps the listings of one caller DID that wait at
+	// once, so that one DID cannot take all MaxWaiters; 0 means
+	// DefaultMaxWaitersPerDID. Beyond it that DID's listing with no
+	// pending Welcome fails at once with 503 Unavailable and Retry-After.
+	MaxWaitersPerDID int
 	// Done, when closed, ends every waiting listing (it answers with what
 	// is pending, usually nothing): close it when the server starts to
 	// shut down, so that long-polls do not hold up the drain. nil means
@@ -178,7 +206,7 @@ func New(cfg Config) http.Handler {
 		ready:    cfg.Ready,
 		rates:    cfg.RateLimits,
 		metrics:  cfg.Metrics,
-		waiters:  newWaiterLimit(cfg.MaxWaiters),
+		waiters:  newWaiterLimit(cfg.MaxWaiters, cfg.MaxWaitersPerDID),
 		done:     cfg.Done,
 		router:   mux.NewRouter(),
 	}

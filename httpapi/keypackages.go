@@ -252,7 +252,7 @@ func (s *server) deleteKeyPackages(w http.ResponseWriter, r *request) error {
 	if _, err := decodeOptional(r.Request, &req); err != nil {
 		return err
 	}
-	refs, err := checkRefs(req.Refs)
+	refs, err := s.checkRefs(req.Refs)
 	if err != nil {
 		return err
 	}
@@ -273,7 +273,7 @@ func (s *server) syncKeyPackages(w http.ResponseWriter, r *request) error {
 	if req.Refs == nil {
 		return kpd.Errorf(kpd.CodeBadRequest, "refs is required (an empty list keeps nothing)")
 	}
-	refs, err := checkRefs(req.Refs)
+	refs, err := s.checkRefs(req.Refs)
 	if err != nil {
 		return err
 	}
@@ -289,23 +289,37 @@ func (s *server) syncKeyPackages(w http.ResponseWriter, r *request) error {
 // maxRefHexLength is the hex length of the longest KeyPackageRef (SHA-512).
 const maxRefHexLength = 128
 
-// checkRefs returns refs in lowercase, or BadRequest listing every entry
-// that is not a hex KeyPackageRef. nil stays nil.
-func checkRefs(refs []kpd.Ref) ([]kpd.Ref, error) {
+// checkRefs returns refs in lowercase; nil stays nil. More than MaxRefs
+// refs are PayloadTooLarge. Entries that are not hex KeyPackageRefs are
+// BadRequest: the detail counts them and `errors` lists the first
+// maxItemErrors.
+func (s *server) checkRefs(refs []kpd.Ref) ([]kpd.Ref, error) {
 	if refs == nil {
 		return nil, nil
 	}
+	if n := len(refs); n > s.limits.MaxRefs {
+		return nil, &kpd.Error{Code: kpd.CodePayloadTooLarge, Limit: kpd.LimitRefsPerRequest,
+			Message: fmt.Sprintf("%d refs in one request; at most %d", n, s.limits.MaxRefs)}
+	}
 	out := make([]kpd.Ref, len(refs))
 	var items []kpd.ItemError
+	invalid := 0
 	for i, ref := range refs {
 		lower := strings.ToLower(string(ref))
 		out[i] = kpd.Ref(lower)
 		if len(lower) == 0 || len(lower) > maxRefHexLength || len(lower)%2 != 0 || !isLowerHex(lower) {
-			items = append(items, kpd.ItemError{Index: i, Code: kpd.CodeBadRequest, Detail: "not a hex KeyPackageRef"})
+			invalid++
+			if len(items) < maxItemErrors {
+				items = append(items, kpd.ItemError{Index: i, Code: kpd.CodeBadRequest, Detail: "not a hex KeyPackageRef"})
+			}
 		}
 	}
-	if len(items) > 0 {
-		return nil, &kpd.Error{Code: kpd.CodeBadRequest, Message: "invalid refs", Items: items}
+	if invalid > 0 {
+		msg := fmt.Sprintf("%d of %d refs are not hex KeyPackageRefs", invalid, len(refs))
+		if invalid > len(items) {
+			msg += fmt.Sprintf("; errors lists the first %d", len(items))
+		}
+		return nil, &kpd.Error{Code: kpd.CodeBadRequest, Message: msg, Items: items}
 	}
 	return out, nil
 }

@@ -65,9 +65,14 @@ type listing struct {
 
 // listAsync lists alice's device's Welcomes with opts in the background.
 func listAsync(ctx context.Context, s *testServer, device string, opts client.ListOptions) <-chan listing {
+	return listAsyncAs(ctx, s, alice, device, opts)
+}
+
+// listAsyncAs lists did's device's Welcomes with opts in the background.
+func listAsyncAs(ctx context.Context, s *testServer, did, device string, opts client.ListOptions) <-chan listing {
 	out := make(chan listing, 1)
 	go func() {
-		ws, err := s.as(alice).Welcomes(ctx, device, opts)
+		ws, err := s.as(did).Welcomes(ctx, device, opts)
 		out <- listing{ws, err, time.Now()}
 	}()
 	return out
@@ -242,5 +247,80 @@ func TestLongPollMaxWaiters(t *testing.T) {
 			t.Fatal("the slot of a listing whose client went away was not freed")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Beyond MaxWaitersPerDID, a DID's listing that would wait fails with 503
+// and Retry-After (one that finds a Welcome is answered), while another
+// DID's listing still waits; a slot frees when a listing of the DID ends.
+func TestLongPollMaxWaitersPerDID(t *testing.T) {
+	s, spy := longPollServer(t, func(c *httpapi.Config) { c.MaxWaitersPerDID = 2 })
+	addDevice(t, s, "dev1")
+	addDevice(t, s, "dev2")
+	ref := claimFor(t, s, "dev3")
+	kp, _ := s.keyPackage(1, bob+"#laptop", false)
+	must(s.as(bob).Publish(context.Background(), "laptop", [][]byte{kp}))(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	first := listAsync(ctx, s, "dev1", client.ListOptions{Wait: 60 * time.Second})
+	spy.awaitRegistration(t, "dev1")
+	second := listAsync(ctx, s, "dev2", client.ListOptions{Wait: 60 * time.Second})
+	spy.awaitRegistration(t, "dev2")
+
+	_, err := s.as(alice).Welcomes(context.Background(), "dev3", client.ListOptions{Wait: 10 * time.Second})
+	if e := wantCode(t, err, kpd.CodeUnavailable); e.RetryAfter <= 0 {
+		t.Fatalf("a third waiter of alice's: %v without Retry-After", err)
+	}
+	bobs := listAsyncAs(ctx, s, bob, "laptop", client.ListOptions{Wait: 60 * time.Second})
+	spy.awaitRegistration(t, "laptop")
+
+	res := must(s.as(bob).PostWelcome(context.Background(), "c1", s.welcome(s.suite(1), ref)))(t)
+	got := must(s.as(alice).Welcomes(context.Background(), "dev3", client.ListOptions{Wait: 10 * time.Second}))(t)
+	if len(got) != 1 || got[0].WelcomeID != res.WelcomeID {
+		t.Fatalf("a listing of alice's that finds a Welcome = %+v, want %s", got, res.WelcomeID)
+	}
+	must(s.as(alice).Ack(context.Background(), "dev3", res.WelcomeID))(t)
+
+	cancel()
+	for _, ch := range []<-chan listing{first, second, bobs} {
+		if l := receive(t, ch); l.err == nil {
+			t.Fatal("a cancelled listing returned no error")
+		}
+	}
+	// The server notices the clients going away and frees alice's slots.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l := receive(t, listAsync(context.Background(), s, "dev3", client.ListOptions{Wait: 50 * time.Millisecond}))
+		if l.err == nil {
+			break
+		}
+		wantCode(t, l.err, kpd.CodeUnavailable)
+		if time.Now().After(deadline) {
+			t.Fatal("the slots of alice's listings whose clients went away were not freed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// By default a DID may have DefaultMaxWaitersPerDID listings waiting, one
+// per device of a DID with SPEC's default number of devices.
+func TestLongPollMaxWaitersPerDIDDefault(t *testing.T) {
+	s, spy := longPollServer(t, nil)
+	addDevice(t, s, "dev1")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	waiting := make([]<-chan listing, httpapi.DefaultMaxWaitersPerDID)
+	for i := range waiting {
+		waiting[i] = listAsync(ctx, s, "dev1", client.ListOptions{Wait: 60 * time.Second})
+		spy.awaitRegistration(t, "dev1")
+	}
+	resp := s.do(http.MethodGet, "/v1/devices/dev1/welcomes?wait=10s", alice, "", nil)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("waiter %d of alice's: status %d, Retry-After %q; want 503 with Retry-After",
+			len(waiting)+1, resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	cancel()
+	for _, ch := range waiting {
+		receive(t, ch)
 	}
 }

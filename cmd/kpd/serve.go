@@ -61,6 +61,8 @@ type serveConfig struct {
 	maxBody, maxKeyPackage, maxWelcome int
 	maxWelcomeMembers                  int
 	maxPublishBatch, maxClaimTargets   int
+	maxClaimDevices, maxRefs           int
+	maxWaitersPerDID                   int
 
 	serviceDID   string
 	plcURL       string
@@ -104,6 +106,7 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	durationVar(fs, &c.welcomeRetention, "welcome-retention", kv.DefaultWelcomeRetention, "how long a Welcome waits for its device before its delivery expires")
 	durationVar(fs, &c.sweepInterval, "sweep-interval", jobs.DefaultSweepInterval, "time between sweeps of expired KeyPackages and of records past their retention")
 	fs.IntVar(&c.maxWaiters, "max-waiters", httpapi.DefaultMaxWaiters, "Welcome listings that may wait (?wait=) at once; beyond, 503")
+	fs.IntVar(&c.maxWaitersPerDID, "max-waiters-per-did", httpapi.DefaultMaxWaitersPerDID, "Welcome listings of one DID that may wait at once; beyond, 503")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve GET /metrics on this `address` only, instead of on --listen")
 	c.webhook.register(fs)
 	fs.IntVar(&c.maxOutbox, "max-outbox", kv.DefaultMaxOutbox, "undelivered webhook events kept; beyond, the oldest are dropped")
@@ -113,6 +116,8 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.maxWelcomeMembers, "max-welcome-members", httpapi.DefaultMaxWelcomeMembers, "new members one posted Welcome may name (its new_member entries); beyond, 413")
 	fs.IntVar(&c.maxPublishBatch, "max-publish-batch", 100, "KeyPackages in one publish; beyond, 413")
 	fs.IntVar(&c.maxClaimTargets, "max-claim-targets", 100, "targets in one claim; beyond, 413")
+	fs.IntVar(&c.maxClaimDevices, "max-claim-devices", httpapi.DefaultMaxClaimDevices, "devices one claim target names, and devices in exclude_devices; beyond, 413 (keep it at least --max-devices)")
+	fs.IntVar(&c.maxRefs, "max-refs", httpapi.DefaultMaxRefs, "refs in one delete or sync request; beyond, 413")
 	sizeVar(fs, &c.mmapSize, "mmap-size", 0, "initial `size` of the database's memory map, e.g. 2GiB (0 = bbolt's default); presize it to the expected file size so that writes to a growing file need not wait for a long snapshot")
 }
 
@@ -124,6 +129,7 @@ func (c *serveConfig) limits() (httpapi.Limits, error) {
 	}{
 		{"max-body-size", c.maxBody}, {"max-key-package-size", c.maxKeyPackage}, {"max-welcome-size", c.maxWelcome},
 		{"max-welcome-members", c.maxWelcomeMembers}, {"max-publish-batch", c.maxPublishBatch}, {"max-claim-targets", c.maxClaimTargets},
+		{"max-claim-devices", c.maxClaimDevices}, {"max-refs", c.maxRefs}, {"max-waiters-per-did", c.maxWaitersPerDID},
 	} {
 		if l.n < 1 {
 			return httpapi.Limits{}, usageErrorf("--%s %d: want at least 1", l.name, l.n)
@@ -139,6 +145,8 @@ func (c *serveConfig) limits() (httpapi.Limits, error) {
 		MaxWelcomeMembers:  c.maxWelcomeMembers,
 		MaxPublishBatch:    c.maxPublishBatch,
 		MaxClaimTargets:    c.maxClaimTargets,
+		MaxClaimDevices:    c.maxClaimDevices,
+		MaxRefs:            c.maxRefs,
 	}, nil
 }
 
@@ -298,15 +306,16 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 			AllowX509:         c.allowX509,
 			SkipIdentityCheck: !c.identityCheck,
 		},
-		Limits:         limits,
-		Clock:          m.Clock,
-		Logger:         logger,
-		Ready:          db.Ready,
-		RateLimits:     rates,
-		Metrics:        met,
-		MetricsHandler: metricsHandler,
-		MaxWaiters:     c.maxWaiters,
-		Done:           shuttingDown,
+		Limits:           limits,
+		Clock:            m.Clock,
+		Logger:           logger,
+		Ready:            db.Ready,
+		RateLimits:       rates,
+		Metrics:          met,
+		MetricsHandler:   metricsHandler,
+		MaxWaiters:       c.maxWaiters,
+		MaxWaitersPerDID: c.maxWaitersPerDID,
+		Done:             shuttingDown,
 	})
 	// The admin routes have their own token. A snapshot is staged beside
 	// the database, on its file system rather than a /tmp that may live

@@ -197,14 +197,15 @@ func TestServeLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	if want := (httpapi.Limits{MaxBodyBytes: 8 << 20, MaxKeyPackageBytes: 64 << 10, MaxWelcomeBytes: 4 << 20,
-		MaxWelcomeMembers: 10000, MaxPublishBatch: 100, MaxClaimTargets: 100}); def != want {
+		MaxWelcomeMembers: 10000, MaxPublishBatch: 100, MaxClaimTargets: 100, MaxClaimDevices: 100, MaxRefs: 10000}); def != want {
 		t.Fatalf("default limits %+v, want SPEC's %+v", def, want)
 	}
 
 	fx := loadFixture(t)
 	ctx := context.Background()
-	srv, _, _ := newMain(map[string]string{"KPD_MAX_CLAIM_TARGETS": "1"}, fx.now)
+	srv, _, _ := newMain(map[string]string{"KPD_MAX_CLAIM_TARGETS": "1", "KPD_MAX_REFS": "2"}, fx.now)
 	url := startServe(t, srv, "--db", filepath.Join(t.TempDir(), "limits.db"), "--listen", "127.0.0.1:0", "--auth", "dev",
+		"--max-claim-devices", "1",
 		"--max-publish-batch", "1", "--max-key-package-size", strconv.Itoa(len(fx.keyPackage)-1),
 		"--max-welcome-size", "100", "--max-body-size", "64KiB")
 	c := client.New(url, aliceDID)
@@ -217,6 +218,14 @@ func TestServeLimits(t *testing.T) {
 	}
 	_, err = c.Claim(ctx, client.ClaimRequest{CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: aliceDID}, {DID: "did:plc:bob"}}})
 	wantClientCode(t, err, kpd.CodePayloadTooLarge, "2 targets in one claim; at most 1")
+	_, err = c.Claim(ctx, client.ClaimRequest{CipherSuite: 1, Targets: []kpd.ClaimTarget{{DID: aliceDID, Devices: []string{"a", "b"}}}})
+	if e := wantClientCode(t, err, kpd.CodePayloadTooLarge, "names 2 devices; at most 1"); e.Limit != kpd.LimitClaimDevices {
+		t.Fatalf("limit %q, want %s", e.Limit, kpd.LimitClaimDevices)
+	}
+	_, err = c.DeleteKeyPackages(ctx, "dev1", []kpd.Ref{fx.ref, fx.ref, fx.ref})
+	if e := wantClientCode(t, err, kpd.CodePayloadTooLarge, "at most 2"); e.Limit != kpd.LimitRefsPerRequest {
+		t.Fatalf("limit %q, want %s", e.Limit, kpd.LimitRefsPerRequest)
+	}
 	_, err = c.PostWelcome(ctx, "c1", make([]byte, 101))
 	wantClientCode(t, err, kpd.CodePayloadTooLarge, "at most 100")
 	_, err = c.PostWelcome(ctx, "c1", make([]byte, 64<<10))
@@ -243,7 +252,7 @@ func TestServeLimits(t *testing.T) {
 	}
 	m.Close()
 	for _, arg := range []string{"--max-body-size", "--max-key-package-size", "--max-welcome-size", "--max-welcome-members",
-		"--max-publish-batch", "--max-claim-targets"} {
+		"--max-publish-batch", "--max-claim-targets", "--max-claim-devices", "--max-refs", "--max-waiters-per-did"} {
 		m, _, _ := newMain(nil, fx.now)
 		err := m.Run(ctx, []string{"serve", "--db", filepath.Join(t.TempDir(), "zero.db"), "--listen", "127.0.0.1:0", "--auth", "dev", arg, "0"})
 		if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), arg+" 0: want at least 1") {
