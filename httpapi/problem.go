@@ -55,7 +55,7 @@ type problem struct {
 	Status int      `json:"status"`
 	Detail string   `json:"detail,omitempty"`
 	Code   kpd.Code `json:"code"`
-	// Reason names the authentication check that failed, on 401 and 503
+	// Reason names the authentication check that failed, on 401, 429 and 503
 	// answers of the authenticator.
 	Reason string `json:"reason,omitempty"`
 	// RequestID lets a client quote the request to an operator.

@@ -8,11 +8,15 @@
 // directory, did:web from https://host/.well-known/did.json), and verifies
 // the ES256 or ES256K signature with the document's #atproto Multikey.
 //
-// Every failure is a *kpd.Error. Its Code is Unauthorized, or Unavailable
-// when the check cannot be made right now (the DID resolver is down, or the
-// replay cache is full). Its Message starts with the failed check, one of
-// the Reason constants, followed by ": " and a detail, for example
-// "WrongAudience: aud is not this service's DID"; ReasonOf extracts it.
+// Every failure is a *kpd.Error. Its Code is Unauthorized; Unavailable
+// when the check cannot be made right now (the DID resolver is down or
+// kpd's budget of DID document fetches is spent, or the replay cache is
+// full); or RateLimited when the issuer has too many unexpired tokens. Its
+// Message starts with the failed check, one of the Reason constants,
+// followed by ": " and a detail, for example "WrongAudience: aud is not
+// this service's DID"; ReasonOf extracts it. The detail of a failed DID
+// resolution is fixed for each Reason, so that callers learn nothing about
+// the hosts kpd contacted; the cause goes to Config.Logger.
 package atproto
 
 import (
@@ -20,10 +24,13 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/kpd-dir/kpd"
 )
@@ -52,8 +59,9 @@ const (
 	// ReasonWrongLxm: lxm is present and is not the route's operation.
 	ReasonWrongLxm = "WrongLxm"
 	// ReasonUnknownDID: the DID's method is not did:plc or did:web, its
-	// identifier or host is not valid, or its directory or host does not
-	// know it (HTTP 4xx, a redirect to another host, a non-public address).
+	// identifier or host is not valid or not lower case, or its directory
+	// or host does not know it (HTTP 4xx, a redirect to another host, a
+	// non-public address).
 	ReasonUnknownDID = "UnknownDID"
 	// ReasonBadDIDDocument: the DID document is too large, not JSON, names
 	// another DID, or has no usable #atproto Multikey.
@@ -68,10 +76,18 @@ const (
 	// ReasonResolverUnavailable (code Unavailable): the DID directory or
 	// did:web host failed (network error, timeout, HTTP 5xx or 429).
 	ReasonResolverUnavailable = "ResolverUnavailable"
+	// ReasonResolverBusy (code Unavailable): the DID's key is not cached
+	// (or is due for a refetch) and kpd's budget of DID document fetches
+	// (Config.ResolveRate, ResolveBurst) is spent.
+	ReasonResolverBusy = "ResolverBusy"
 	// ReasonReplayCacheFull (code Unavailable): the replay cache holds
 	// ReplayCacheSize unexpired tokens; new ones are refused until some
 	// expire rather than forgetting tokens that could then be replayed.
 	ReasonReplayCacheFull = "ReplayCacheFull"
+	// ReasonTooManyTokens (code RateLimited): the issuer has
+	// ReplayCachePerDID unexpired tokens with a jti; its new ones are
+	// refused until some expire. Other issuers are not affected.
+	ReasonTooManyTokens = "TooManyTokens"
 )
 
 // ReasonOf returns the Reason constant of err, an error returned by
@@ -94,8 +110,20 @@ func unauthorized(reason, format string, args ...any) *kpd.Error {
 // unavailable returns an Unavailable error whose message starts with
 // reason, asking the client to retry after retryAfter (at least 1 s).
 func unavailable(reason string, retryAfter time.Duration, format string, args ...any) *kpd.Error {
+	return retryLater(kpd.CodeUnavailable, reason, retryAfter, format, args...)
+}
+
+// rateLimited returns a RateLimited error whose message starts with
+// reason, asking the client to retry after retryAfter (at least 1 s).
+func rateLimited(reason string, retryAfter time.Duration, format string, args ...any) *kpd.Error {
+	return retryLater(kpd.CodeRateLimited, reason, retryAfter, format, args...)
+}
+
+// retryLater returns an error of code whose message starts with reason,
+// with RetryAfter the whole seconds of retryAfter rounded up (at least 1).
+func retryLater(code kpd.Code, reason string, retryAfter time.Duration, format string, args ...any) *kpd.Error {
 	secs := max(1, int((retryAfter+time.Second-1)/time.Second))
-	return &kpd.Error{Code: kpd.CodeUnavailable, Reason: reason, Message: reason + ": " + fmt.Sprintf(format, args...), RetryAfter: secs}
+	return &kpd.Error{Code: code, Reason: reason, Message: reason + ": " + fmt.Sprintf(format, args...), RetryAfter: secs}
 }
 
 // Defaults of Config's zero fields.
@@ -108,6 +136,10 @@ const (
 	DefaultCacheSize       = 10_000
 	DefaultReplayCacheSize = 100_000
 	DefaultResolveTimeout  = 10 * time.Second
+	// DefaultResolveRate refetches a full cache (DefaultCacheSize keys
+	// every DefaultCacheTTL, 17 a second) with room to spare.
+	DefaultResolveRate  = 20.0
+	DefaultResolveBurst = 200
 )
 
 // Config configures an Authenticator. Zero fields take the documented
@@ -145,8 +177,8 @@ type Config struct {
 	// document) are cached this long too.
 	RefetchInterval time.Duration
 	// CacheSize bounds the number of DIDs whose keys are cached (default
-	// 10,000); when full, expired entries and then arbitrary ones are
-	// dropped.
+	// 10,000); when full, expired entries, then cached failures, then the
+	// least recently used keys are dropped.
 	CacheSize int
 	// ReplayCacheSize bounds the number of unexpired jti values remembered
 	// (default 100,000). Each is kept until its token's exp, at most
@@ -154,8 +186,32 @@ type Config struct {
 	// Unavailable (ReasonReplayCacheFull) until entries expire: dropping a
 	// live entry would let its token be replayed.
 	ReplayCacheSize int
+	// ReplayCachePerDID bounds the unexpired jti values remembered for one
+	// issuer DID (default ReplayCacheSize/100, at least 1: 1,000, about
+	// 16 tokens a second with 60 s tokens). An issuer at the bound has its
+	// tokens with a jti refused with RateLimited (ReasonTooManyTokens)
+	// until some expire, so that one DID cannot fill the replay cache for
+	// everyone: that takes 100 DIDs whose keys sign tokens.
+	ReplayCachePerDID int
 	// ResolveTimeout bounds one DID document fetch (default 10 s).
 	ResolveTimeout time.Duration
+	// ResolveRate and ResolveBurst budget the DID document fetches, of all
+	// DIDs together: a token bucket of ResolveBurst fetches (default 200)
+	// refilled at ResolveRate fetches a second (default 20). A token whose
+	// DID's key is not cached, or is due for a refetch, is refused with
+	// Unavailable (ReasonResolverBusy) while the bucket is empty, so that
+	// unauthenticated callers, whose tokens need no valid signature to
+	// make kpd resolve their iss, cannot make kpd send unbounded requests
+	// to the PLC directory or to hosts of their choosing. Tokens of DIDs
+	// with a cached key are not affected.
+	ResolveRate  float64
+	ResolveBurst int
+	// Logger receives a line per failed DID resolution, with the DID and
+	// the cause that the caller is not told: warn when the directory or
+	// host failed (ReasonResolverUnavailable), debug otherwise; and a
+	// debug line per token refused with ReasonResolverBusy. It never sees
+	// tokens. The zero Logger discards everything.
+	Logger zerolog.Logger
 }
 
 // Authenticator checks AT Protocol service-auth tokens. It implements the
@@ -189,21 +245,30 @@ func New(cfg Config) (*Authenticator, error) {
 		setDefault(&cfg.ResolveTimeout, DefaultResolveTimeout, "resolve timeout"),
 		setDefault(&cfg.CacheSize, DefaultCacheSize, "cache size"),
 		setDefault(&cfg.ReplayCacheSize, DefaultReplayCacheSize, "replay cache size"),
+		setDefault(&cfg.ResolveRate, DefaultResolveRate, "resolve rate"),
+		setDefault(&cfg.ResolveBurst, DefaultResolveBurst, "resolve burst"),
 	); err != nil {
 		return nil, err
+	}
+	switch {
+	case cfg.ReplayCachePerDID < 0:
+		return nil, fmt.Errorf("atproto: replay cache entries per DID %d is negative", cfg.ReplayCachePerDID)
+	case cfg.ReplayCachePerDID == 0:
+		cfg.ReplayCachePerDID = max(1, cfg.ReplayCacheSize/100)
 	}
 	res := newResolver(cfg)
 	return &Authenticator{
 		cfg:    cfg,
 		keys:   newKeyCache(res.resolve, cfg),
-		replay: newReplayCache(cfg.ReplayCacheSize),
+		replay: newReplayCache(cfg.ReplayCacheSize, cfg.ReplayCachePerDID),
 	}, nil
 }
 
-// setDefault sets *v to def when it is zero; negative values are an error.
-func setDefault[T time.Duration | int](v *T, def T, name string) error {
-	if *v < 0 {
-		return fmt.Errorf("atproto: %s %v is negative", name, *v)
+// setDefault sets *v to def when it is zero; negative values (and NaN or
+// infinite ones) are an error.
+func setDefault[T time.Duration | int | float64](v *T, def T, name string) error {
+	if *v < 0 || math.IsNaN(float64(*v)) || math.IsInf(float64(*v), 0) {
+		return fmt.Errorf("atproto: %s %v is negative or not finite", name, *v)
 	}
 	if *v == 0 {
 		*v = def
@@ -214,11 +279,12 @@ func setDefault[T time.Duration | int](v *T, def T, name string) error {
 // Authenticate returns the DID of the request's caller: the iss of a valid
 // service-auth token, without its `#fragment`. Checks, cheapest first:
 // token syntax and alg, iss, aud, exp, iat, lxm (against
-// kpd.OperationFrom(r.Context())), signature shape and low-S, the
-// signature against the DID's #atproto key, and jti replay. It fails with
-// Unauthorized, or Unavailable (with RetryAfter) when the DID cannot be
-// resolved right now or the replay cache is full; the message starts with
-// the Reason.
+// kpd.OperationFrom(r.Context())), signature shape and low-S, the DID's
+// syntax, the signature against the DID's #atproto key, and jti replay. It
+// fails with Unauthorized; Unavailable (with RetryAfter) when the DID
+// cannot be resolved right now or the replay cache is full; or RateLimited
+// (with RetryAfter) when the issuer has ReplayCachePerDID unexpired
+// tokens. The message starts with the Reason.
 func (a *Authenticator) Authenticate(r *http.Request) (string, error) {
 	raw, err := bearerToken(r)
 	if err != nil {
@@ -235,12 +301,17 @@ func (a *Authenticator) Authenticate(r *http.Request) (string, error) {
 	if err := tok.curve.checkSignature(tok.signature); err != nil {
 		return "", err
 	}
+	// Before the cache, so that made-up DIDs of the wrong shape cost no
+	// fetch and no cache entry.
+	if _, err := checkDID(tok.did); err != nil {
+		return "", err
+	}
 	if err := a.verify(r.Context(), tok); err != nil {
 		return "", err
 	}
 	if tok.claims.Jti != nil {
 		id := sha256.Sum256([]byte(tok.did + "\x00" + *tok.claims.Jti))
-		if err := a.replay.add(id, tok.exp, now); err != nil {
+		if err := a.replay.add(tok.did, id, tok.exp, now); err != nil {
 			return "", err
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/decred/dcrd/dcrec/secp256k1/v4"
 	k256ecdsa "github.com/decred/dcrd/dcrec/secp256k1/v4/ecdsa"
+	"github.com/rs/zerolog"
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/internal/testkit"
@@ -490,7 +492,7 @@ func TestReplayedJTI(t *testing.T) {
 }
 
 func TestReplayCacheFull(t *testing.T) {
-	e := newEnv(t, Config{ReplayCacheSize: 2})
+	e := newEnv(t, Config{ReplayCacheSize: 2, ReplayCachePerDID: 10})
 	k := newP256Key(t)
 	did := e.newPLCDID(k)
 	e.wantOK(k.jwt(t, e.claims(did)), did)
@@ -509,6 +511,37 @@ func TestReplayCacheFull(t *testing.T) {
 
 	e.clock.Advance(50 * time.Second)
 	e.wantOK(k.jwt(t, e.claims(did)), did)
+}
+
+func TestReplayCachePerDID(t *testing.T) {
+	e := newEnv(t, Config{ReplayCacheSize: 10, ReplayCachePerDID: 3})
+	greedy, other := newP256Key(t), newK256Key(t)
+	gDID, oDID := e.newPLCDID(greedy), e.newPLCDID(other)
+	for range 3 {
+		e.wantOK(greedy.jwt(t, e.claims(gDID)), gDID)
+		e.clock.Advance(10 * time.Second)
+	}
+	_, err := e.authenticate(greedy.jwt(t, e.claims(gDID)))
+	wantFail(t, err, kpd.CodeRateLimited, ReasonTooManyTokens)
+	// The issuer's first token expires 60 s after it was issued, 30 s from
+	// now.
+	if ke, _ := err.(*kpd.Error); ke.RetryAfter != 30 {
+		t.Errorf("RetryAfter = %d, want 30", ke.RetryAfter)
+	}
+	// Other issuers are not affected, nor the issuer's tokens without jti.
+	e.wantOK(other.jwt(t, e.claims(oDID)), oDID)
+	c := e.claims(gDID)
+	delete(c, "jti")
+	e.wantOK(greedy.jwt(t, c), gDID)
+
+	// When its first token expires, the issuer has room for one more.
+	e.clock.Advance(30 * time.Second)
+	e.wantOK(greedy.jwt(t, e.claims(gDID)), gDID)
+	_, err = e.authenticate(greedy.jwt(t, e.claims(gDID)))
+	wantFail(t, err, kpd.CodeRateLimited, ReasonTooManyTokens)
+	if ke, _ := err.(*kpd.Error); ke.RetryAfter != 10 {
+		t.Errorf("RetryAfter = %d, want 10", ke.RetryAfter)
+	}
 }
 
 func TestKeyRotation(t *testing.T) {
@@ -785,6 +818,227 @@ func TestCacheSizeBounded(t *testing.T) {
 	}
 }
 
+// fetches returns the number of documents e's directory served.
+func (e *env) fetches() int {
+	e.dir.mu.Lock()
+	defer e.dir.mu.Unlock()
+	n := 0
+	for _, c := range e.dir.fetches {
+		n += c
+	}
+	return n
+}
+
+// countingTransport answers every request with 404 and counts them.
+type countingTransport struct{ n atomic.Int64 }
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return &http.Response{StatusCode: http.StatusNotFound, Body: http.NoBody, Header: http.Header{}, Request: r}, nil
+}
+
+// Hostnames are case-insensitive: a did:web spelled otherwise than in
+// lower case would be another DID, with its own cache entry, for the same
+// host, so forged tokens could make kpd fetch one host's document without
+// end.
+func TestDIDWebMustBeLowerCase(t *testing.T) {
+	ct := &countingTransport{}
+	e := newEnv(t, Config{HTTPClient: &http.Client{Transport: ct}})
+	k := newP256Key(t)
+	for _, did := range []string{
+		"did:web:Victim.example.com",
+		"did:web:VICTIM.EXAMPLE.COM",
+		"did:web:victim.example.coM",
+		"did:web:victim.example.com%3a8443",
+	} {
+		_, err := e.authenticate(k.jwt(t, e.claims(did)))
+		wantFail(t, err, kpd.CodeUnauthorized, ReasonUnknownDID)
+	}
+	if n := ct.n.Load(); n != 0 {
+		t.Fatalf("%d fetches, want 0", n)
+	}
+	// The canonical spelling is fetched.
+	_, err := e.authenticate(k.jwt(t, e.claims("did:web:victim.example.com%3A8443")))
+	wantFail(t, err, kpd.CodeUnauthorized, ReasonUnknownDID)
+	if n := ct.n.Load(); n != 1 {
+		t.Fatalf("%d fetches, want 1", n)
+	}
+}
+
+// A token needs no valid signature to make kpd resolve its iss, so the
+// fetches of all DIDs together are budgeted.
+func TestFetchBudget(t *testing.T) {
+	e := newEnv(t, Config{ResolveRate: 1, ResolveBurst: 5})
+	k := newK256Key(t)
+	did := e.newPLCDID(k)
+	e.wantOK(k.jwt(t, e.claims(did)), did)
+	forged := func() error {
+		_, err := e.authenticate(k.jwt(t, e.claims(e.newPLCDID(nil))))
+		return err
+	}
+	for range 4 {
+		wantFail(t, forged(), kpd.CodeUnauthorized, ReasonUnknownDID)
+	}
+	for range 10 {
+		err := forged()
+		wantFail(t, err, kpd.CodeUnavailable, ReasonResolverBusy)
+		if ke, _ := err.(*kpd.Error); ke.RetryAfter != 1 {
+			t.Fatalf("RetryAfter = %d, want 1", ke.RetryAfter)
+		}
+	}
+	if n := e.fetches(); n != 5 {
+		t.Fatalf("%d fetches, want 5", n)
+	}
+	// A cached key needs no fetch.
+	e.wantOK(k.jwt(t, e.claims(did)), did)
+
+	// The budget refills at 1 fetch a second.
+	e.clock.Advance(time.Second)
+	wantFail(t, forged(), kpd.CodeUnauthorized, ReasonUnknownDID)
+	wantFail(t, forged(), kpd.CodeUnavailable, ReasonResolverBusy)
+	if n := e.fetches(); n != 6 {
+		t.Fatalf("%d fetches, want 6", n)
+	}
+}
+
+// cached reports whether did has an entry in e's key cache.
+func (e *env) cached(did string) bool {
+	e.auth.keys.mu.Lock()
+	defer e.auth.keys.mu.Unlock()
+	_, ok := e.auth.keys.entries[did]
+	return ok
+}
+
+// Made-up DIDs, which anyone can send by the thousand, must not push the
+// keys of real callers out of a full cache.
+func TestCacheEvictsFailuresFirst(t *testing.T) {
+	e := newEnv(t, Config{CacheSize: 16})
+	k := newP256Key(t)
+	var live []string
+	for range 4 {
+		did := e.newPLCDID(k)
+		e.wantOK(k.jwt(t, e.claims(did)), did)
+		live = append(live, did)
+	}
+	for range 100 {
+		e.clock.Advance(10 * time.Millisecond) // the failures are more recent
+		_, err := e.authenticate(k.jwt(t, e.claims(e.newPLCDID(nil))))
+		wantFail(t, err, kpd.CodeUnauthorized, ReasonUnknownDID)
+	}
+	for _, did := range live {
+		if !e.cached(did) {
+			t.Errorf("the key of %s was evicted", did)
+		}
+	}
+}
+
+func TestCacheEvictsLeastRecentlyUsed(t *testing.T) {
+	e := newEnv(t, Config{CacheSize: 8})
+	k := newK256Key(t)
+	hot := e.newPLCDID(k)
+	e.wantOK(k.jwt(t, e.claims(hot)), hot)
+	var cold []string
+	for range 100 {
+		e.clock.Advance(time.Millisecond)
+		did := e.newPLCDID(k)
+		e.wantOK(k.jwt(t, e.claims(did)), did)
+		cold = append(cold, did)
+		e.clock.Advance(time.Millisecond)
+		e.wantOK(k.jwt(t, e.claims(hot)), hot)
+	}
+	if n := e.dir.count(hot); n != 1 {
+		t.Errorf("the key used by every other request was fetched %d times, want 1", n)
+	}
+	if e.cached(cold[0]) {
+		t.Errorf("the least recently used key is still cached")
+	}
+	if !e.cached(cold[len(cold)-1]) {
+		t.Errorf("the most recently fetched key was evicted")
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent use, for logs.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// The caller is not authenticated yet: what kpd learnt contacting the
+// DID's host (addresses, dial errors, certificates, answers) must not
+// reach it, or kpd is a port scanner for anyone. The log has it.
+func TestResolutionFailuresRevealNothing(t *testing.T) {
+	closed := httptest.NewTLSServer(http.NotFoundHandler())
+	closedAddr := closed.Listener.Addr().String()
+	closed.Close()
+	tests := []struct {
+		name string
+		// did returns the DID to authenticate as.
+		did func(e *env) string
+		// defaultClient uses kpd's own HTTP clients instead of e.client.
+		defaultClient bool
+		code          kpd.Code
+		reason        string
+		message       string
+		// logged is part of the cause that the log must show.
+		logged string
+	}{
+		{"connection refused", func(*env) string { return "did:web:" + strings.ReplaceAll(closedAddr, ":", "%3A") }, false,
+			kpd.CodeUnavailable, ReasonResolverUnavailable, msgResolverUnavailable, "connection refused"},
+		{"non-public address", func(e *env) string {
+			return e.newWebHost(http.NotFoundHandler())
+		}, true, kpd.CodeUnauthorized, ReasonUnknownDID, msgUnknownDID, "127.0.0.1"},
+		{"HTTP 404", func(e *env) string { return e.newWebHost(http.NotFoundHandler()) }, false,
+			kpd.CodeUnauthorized, ReasonUnknownDID, msgUnknownDID, "HTTP 404"},
+		{"HTTP 502", func(e *env) string {
+			return e.newWebHost(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusBadGateway) }))
+		}, false, kpd.CodeUnavailable, ReasonResolverUnavailable, msgResolverUnavailable, "HTTP 502"},
+		{"not JSON", func(e *env) string {
+			return e.newWebHost(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("SSH-2.0-OpenSSH_9.6")) }))
+		}, false, kpd.CodeUnauthorized, ReasonBadDIDDocument, msgBadDIDDocument, "invalid character"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var log lockedBuffer
+			e := newEnv(t, Config{Logger: zerolog.New(&log).Level(zerolog.DebugLevel)})
+			a := e.auth
+			if tt.defaultClient {
+				var err error
+				a, err = New(Config{ServiceDID: serviceDID, Clock: e.clock.Now, Logger: zerolog.New(&log).Level(zerolog.DebugLevel)})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			k := newP256Key(t)
+			did := tt.did(e)
+			tok := k.jwt(t, e.claims(did))
+			_, err := a.Authenticate(request(kpd.OpClaimKeyPackages, tok))
+			wantFail(t, err, tt.code, tt.reason)
+			if got, want := kpd.ErrorMessage(err), tt.reason+": "+tt.message; got != want {
+				t.Errorf("message %q, want %q", got, want)
+			}
+			logged := log.String()
+			if !strings.Contains(logged, tt.logged) || !strings.Contains(logged, did) {
+				t.Errorf("the log %q does not have the DID and %q", logged, tt.logged)
+			}
+			if sig := tok[strings.LastIndexByte(tok, '.')+1:]; strings.Contains(logged, sig) {
+				t.Errorf("the log has the token")
+			}
+		})
+	}
+}
+
 func TestNewValidatesConfig(t *testing.T) {
 	for _, cfg := range []Config{
 		{},
@@ -793,6 +1047,11 @@ func TestNewValidatesConfig(t *testing.T) {
 		{ServiceDID: serviceDID, PLCURL: "plc.directory"},
 		{ServiceDID: serviceDID, MaxTokenAge: -time.Second},
 		{ServiceDID: serviceDID, ReplayCacheSize: -1},
+		{ServiceDID: serviceDID, ReplayCachePerDID: -1},
+		{ServiceDID: serviceDID, ResolveRate: -1},
+		{ServiceDID: serviceDID, ResolveRate: math.NaN()},
+		{ServiceDID: serviceDID, ResolveRate: math.Inf(1)},
+		{ServiceDID: serviceDID, ResolveBurst: -1},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) succeeded", cfg)
@@ -803,7 +1062,8 @@ func TestNewValidatesConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	if a.cfg.PLCURL != "https://plc.example.com" || a.cfg.MaxTokenAge != DefaultMaxTokenAge ||
-		a.cfg.ReplayCacheSize != DefaultReplayCacheSize {
+		a.cfg.ReplayCacheSize != DefaultReplayCacheSize || a.cfg.ReplayCachePerDID != DefaultReplayCacheSize/100 ||
+		a.cfg.ResolveRate != DefaultResolveRate || a.cfg.ResolveBurst != DefaultResolveBurst {
 		t.Fatalf("defaults not applied: %+v", a.cfg)
 	}
 }

@@ -13,6 +13,10 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/kpd-dir/kpd"
 )
 
 // maxDocumentSize bounds a DID document; real ones are about 1 KiB.
@@ -33,6 +37,7 @@ var (
 // resolver fetches DID documents and extracts their #atproto key.
 type resolver struct {
 	plcURL string
+	log    zerolog.Logger
 	// plcClient fetches from the PLC directory, webClient from did:web
 	// hosts.
 	plcClient, webClient *http.Client
@@ -40,7 +45,7 @@ type resolver struct {
 }
 
 func newResolver(cfg Config) *resolver {
-	r := &resolver{plcURL: cfg.PLCURL, timeout: cfg.ResolveTimeout}
+	r := &resolver{plcURL: cfg.PLCURL, log: cfg.Logger, timeout: cfg.ResolveTimeout}
 	if cfg.HTTPClient != nil {
 		r.plcClient = sameHostRedirects(cfg.HTTPClient)
 		r.webClient = r.plcClient
@@ -68,17 +73,93 @@ func newTransport(publicOnly bool) *http.Transport {
 }
 
 // checkPublicAddress is a net.Dialer Control function that refuses
-// connections to addresses that are not public unicast ones.
+// connections to addresses that are not public unicast ones (publicAddr).
 func checkPublicAddress(_, address string, _ syscall.RawConn) error {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil {
 		return fmt.Errorf("%w: %s", errNonPublicAddress, address)
 	}
-	a := ap.Addr().Unmap()
-	if !a.IsGlobalUnicast() || a.IsPrivate() || a.IsLoopback() || a.IsLinkLocalUnicast() {
-		return fmt.Errorf("%w: %s", errNonPublicAddress, a)
+	if !publicAddr(ap.Addr()) {
+		return fmt.Errorf("%w: %s", errNonPublicAddress, ap.Addr())
 	}
 	return nil
+}
+
+// nonPublicPrefixes are the ranges of the IANA IPv4 and IPv6
+// Special-Purpose Address Registries that are not globally reachable, and
+// the multicast, reserved and deprecated ranges: a did:web host must not
+// resolve into any of them.
+var nonPublicPrefixes = func() []netip.Prefix {
+	var ps []netip.Prefix
+	for _, s := range []string{
+		"0.0.0.0/8",       // "this network"
+		"10.0.0.0/8",      // private
+		"100.64.0.0/10",   // shared address space (carrier-grade NAT, cloud metadata)
+		"127.0.0.0/8",     // loopback
+		"169.254.0.0/16",  // link-local
+		"172.16.0.0/12",   // private
+		"192.0.0.0/24",    // IETF protocol assignments
+		"192.0.2.0/24",    // documentation (TEST-NET-1)
+		"192.88.99.0/24",  // 6to4 relay anycast (deprecated)
+		"192.168.0.0/16",  // private
+		"198.18.0.0/15",   // benchmarking
+		"198.51.100.0/24", // documentation (TEST-NET-2)
+		"203.0.113.0/24",  // documentation (TEST-NET-3)
+		"224.0.0.0/4",     // multicast
+		"240.0.0.0/4",     // reserved, limited broadcast
+
+		"::/96",          // unspecified, loopback, IPv4-compatible (deprecated)
+		"64:ff9b:1::/48", // local-use IPv4/IPv6 translation
+		"100::/64",       // discard-only
+		"100:0:0:1::/64", // dummy prefix
+		"2001::/23",      // IETF protocol assignments (Teredo, benchmarking, ORCHID)
+		"2001:db8::/32",  // documentation
+		"3fff::/20",      // documentation
+		"5f00::/16",      // segment routing SIDs
+		"fc00::/7",       // unique local
+		"fe80::/10",      // link-local
+		"fec0::/10",      // site-local (deprecated)
+		"ff00::/8",       // multicast
+	} {
+		ps = append(ps, netip.MustParsePrefix(s))
+	}
+	return ps
+}()
+
+var (
+	// globalUnicast6 is the IPv6 space IANA allocates for global unicast.
+	globalUnicast6 = netip.MustParsePrefix("2000::/3")
+	// nat64Prefix embeds an IPv4 address in its last 32 bits (RFC 6052).
+	nat64Prefix = netip.MustParsePrefix("64:ff9b::/96")
+	// sixToFourPrefix embeds an IPv4 address in bits 16-47 (RFC 3056).
+	sixToFourPrefix = netip.MustParsePrefix("2002::/16")
+)
+
+// publicAddr reports whether a is a public unicast address: outside
+// nonPublicPrefixes and, for IPv6, inside 2000::/3 or NAT64's
+// 64:ff9b::/96. An IPv4 address embedded in an IPv4-mapped, NAT64 or 6to4
+// address must be public too.
+func publicAddr(a netip.Addr) bool {
+	a = a.WithZone("").Unmap()
+	if a.Is6() {
+		b := a.As16()
+		switch {
+		case nat64Prefix.Contains(a):
+			return publicAddr(netip.AddrFrom4([4]byte(b[12:16])))
+		case sixToFourPrefix.Contains(a):
+			if !publicAddr(netip.AddrFrom4([4]byte(b[2:6]))) {
+				return false
+			}
+		case !globalUnicast6.Contains(a):
+			return false
+		}
+	}
+	for _, p := range nonPublicPrefixes {
+		if p.Contains(a) {
+			return false
+		}
+	}
+	return a.IsGlobalUnicast() && !a.IsPrivate()
 }
 
 // sameHostRedirects returns a copy of c that follows at most maxRedirects
@@ -97,17 +178,74 @@ func sameHostRedirects(c *http.Client) *http.Client {
 	return &cc
 }
 
+// resolveError is a failed resolution: the Reason the caller is told and
+// the cause, which only the log sees. The cause may name the addresses,
+// dial errors, certificates or answers of the DID's host, which must not
+// reach an unauthenticated caller (it would be a port-scan oracle).
+type resolveError struct {
+	reason string
+	cause  error
+}
+
+func (e *resolveError) Error() string { return e.reason + ": " + e.cause.Error() }
+func (e *resolveError) Unwrap() error { return e.cause }
+
+// resolveFailed returns a *resolveError with reason and a formatted cause.
+func resolveFailed(reason, format string, args ...any) error {
+	return &resolveError{reason: reason, cause: fmt.Errorf(format, args...)}
+}
+
+// Fixed messages of the resolution failures, one per Reason: they reveal
+// nothing about the DID's directory or host.
+const (
+	msgUnknownDID          = "the DID's directory or host does not know it"
+	msgBadDIDDocument      = "the DID document is invalid or has no usable #atproto key"
+	msgResolverUnavailable = "the DID document could not be fetched; try again later"
+	msgResolverBusy        = "too many DID documents are being fetched; try again later"
+)
+
+// public returns the error the caller sees: e's reason with its fixed
+// message.
+func (e *resolveError) public() *kpd.Error {
+	switch e.reason {
+	case ReasonResolverUnavailable:
+		return unavailable(e.reason, retryAfterResolver, msgResolverUnavailable)
+	case ReasonBadDIDDocument:
+		return unauthorized(e.reason, msgBadDIDDocument)
+	default:
+		return unauthorized(ReasonUnknownDID, msgUnknownDID)
+	}
+}
+
 // resolve returns the #atproto key of did. Errors: Unauthorized with
 // ReasonUnknownDID or ReasonBadDIDDocument, or Unavailable with
-// ReasonResolverUnavailable.
+// ReasonResolverUnavailable, each with a fixed message; the cause is
+// logged (warn for ResolverUnavailable, debug otherwise).
 func (r *resolver) resolve(ctx context.Context, did string) (*publicKey, error) {
+	key, err := r.resolveKey(ctx, did)
+	var re *resolveError
+	if !errors.As(err, &re) {
+		return key, err
+	}
+	ev := r.log.Debug()
+	if re.reason == ReasonResolverUnavailable {
+		ev = r.log.Warn()
+	}
+	ev.Str("did", did).Str("reason", re.reason).Err(re.cause).Msg("atproto: DID resolution failed")
+	return nil, re.public()
+}
+
+// resolveKey fetches did's document and returns its #atproto key. Its
+// failures are *resolveErrors, or *kpd.Errors for a DID kpd does not
+// resolve (checkDID).
+func (r *resolver) resolveKey(ctx context.Context, did string) (*publicKey, error) {
 	url, client, err := r.documentURL(did)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	body, err := fetch(ctx, client, did, url)
+	body, err := fetch(ctx, client, url)
 	if err != nil {
 		return nil, err
 	}
@@ -116,21 +254,39 @@ func (r *resolver) resolve(ctx context.Context, did string) (*publicKey, error) 
 
 // documentURL returns where did's document is and the client to fetch it.
 func (r *resolver) documentURL(did string) (string, *http.Client, error) {
+	host, err := checkDID(did)
+	switch {
+	case err != nil:
+		return "", nil, err
+	case host == "":
+		return r.plcURL + "/" + did, r.plcClient, nil
+	default:
+		return "https://" + host + "/.well-known/did.json", r.webClient, nil
+	}
+}
+
+// checkDID checks that did is a did:plc or did:web that kpd resolves,
+// spelled canonically, so that one document has one DID (and one cache
+// entry): a did:plc identifier is lower case; a did:web host is lower
+// case, with its port encoded as "%3A". It returns the host[:port] of a
+// did:web, "" for a did:plc. It fails with Unauthorized
+// (ReasonUnknownDID); its message only quotes did.
+func checkDID(did string) (host string, err error) {
 	method, id, _ := strings.Cut(strings.TrimPrefix(did, "did:"), ":")
 	switch method {
 	case "plc":
 		if !validPLCIdentifier(id) {
-			return "", nil, unauthorized(ReasonUnknownDID, "%s is not a did:plc identifier", did)
+			return "", unauthorized(ReasonUnknownDID, "%s is not a did:plc identifier", did)
 		}
-		return r.plcURL + "/" + did, r.plcClient, nil
+		return "", nil
 	case "web":
 		host, err := webHost(id)
 		if err != nil {
-			return "", nil, unauthorized(ReasonUnknownDID, "%s: %v", did, err)
+			return "", unauthorized(ReasonUnknownDID, "%s: %v", did, err)
 		}
-		return "https://" + host + "/.well-known/did.json", r.webClient, nil
+		return host, nil
 	}
-	return "", nil, unauthorized(ReasonUnknownDID, "DID method %q is not supported (did:plc and did:web only)", clip(method))
+	return "", unauthorized(ReasonUnknownDID, "DID method %q is not supported (did:plc and did:web only)", clip(method))
 }
 
 // validPLCIdentifier reports whether id is 24 characters of base32
@@ -147,15 +303,23 @@ func validPLCIdentifier(id string) bool {
 	return true
 }
 
-// webHost returns the host[:port] of a did:web identifier. Only a hostname
-// with an optional %3A-encoded port is accepted: no path segments.
+// webHost returns the host[:port] of a did:web identifier. Only a lower
+// case hostname with an optional "%3A"-encoded port is accepted: no path
+// segments. Hostnames are case-insensitive, so any other spelling would be
+// a second DID for the same document.
 func webHost(id string) (string, error) {
 	if strings.Contains(id, ":") {
 		return "", errors.New("did:web with a path is not supported")
 	}
-	host, port, hasPort := strings.Cut(strings.ReplaceAll(id, "%3a", "%3A"), "%3A")
+	if strings.Contains(id, "%3a") {
+		return "", errors.New(`the port separator must be spelled "%3A"`)
+	}
+	host, port, hasPort := strings.Cut(id, "%3A")
 	if !validHostname(host) {
 		return "", fmt.Errorf("%q is not a hostname", clip(host))
+	}
+	if strings.ToLower(host) != host {
+		return "", fmt.Errorf("hostname %q is not lower case", clip(host))
 	}
 	if !hasPort {
 		return host, nil
@@ -185,34 +349,35 @@ func validHostname(h string) bool {
 	return true
 }
 
-// fetch GETs a DID document of at most maxDocumentSize bytes.
-func fetch(ctx context.Context, client *http.Client, did, url string) ([]byte, error) {
+// fetch GETs a DID document of at most maxDocumentSize bytes. Its errors
+// are *resolveErrors.
+func fetch(ctx context.Context, client *http.Client, url string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return nil, unauthorized(ReasonUnknownDID, "%s: %v", did, err)
+		return nil, resolveFailed(ReasonUnknownDID, "%w", err)
 	}
 	req.Header.Set("Accept", "application/did+json, application/json")
 	resp, err := client.Do(req)
 	if err != nil {
 		if errors.Is(err, errCrossHostRedirect) || errors.Is(err, errNonPublicAddress) {
-			return nil, unauthorized(ReasonUnknownDID, "resolving %s: %v", did, err)
+			return nil, resolveFailed(ReasonUnknownDID, "%w", err)
 		}
-		return nil, unavailable(ReasonResolverUnavailable, retryAfterResolver, "resolving %s: %v", did, err)
+		return nil, resolveFailed(ReasonResolverUnavailable, "%w", err)
 	}
 	defer resp.Body.Close()
 	switch code := resp.StatusCode; {
 	case code == http.StatusOK:
 	case code >= 500 || code == http.StatusTooManyRequests || code == http.StatusRequestTimeout:
-		return nil, unavailable(ReasonResolverUnavailable, retryAfterResolver, "resolving %s: HTTP %d", did, code)
+		return nil, resolveFailed(ReasonResolverUnavailable, "GET %s: HTTP %d", url, code)
 	default:
-		return nil, unauthorized(ReasonUnknownDID, "resolving %s: HTTP %d", did, code)
+		return nil, resolveFailed(ReasonUnknownDID, "GET %s: HTTP %d", url, code)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxDocumentSize+1))
 	if err != nil {
-		return nil, unavailable(ReasonResolverUnavailable, retryAfterResolver, "reading the document of %s: %v", did, err)
+		return nil, resolveFailed(ReasonResolverUnavailable, "reading %s: %w", url, err)
 	}
 	if len(body) > maxDocumentSize {
-		return nil, unauthorized(ReasonBadDIDDocument, "the document of %s is larger than %d bytes", did, maxDocumentSize)
+		return nil, resolveFailed(ReasonBadDIDDocument, "%s is larger than %d bytes", url, maxDocumentSize)
 	}
 	return body, nil
 }
@@ -228,27 +393,28 @@ type document struct {
 }
 
 // atprotoKey returns the key of the verification method "#atproto" (or
-// "<did>#atproto") of did's document, which must be of type Multikey.
+// "<did>#atproto") of did's document, which must be of type Multikey. Its
+// errors are *resolveErrors (ReasonBadDIDDocument).
 func atprotoKey(did string, body []byte) (*publicKey, error) {
 	var doc document
 	if err := json.Unmarshal(body, &doc); err != nil {
-		return nil, unauthorized(ReasonBadDIDDocument, "the document of %s is not a DID document: %v", did, err)
+		return nil, resolveFailed(ReasonBadDIDDocument, "not a DID document: %w", err)
 	}
 	if doc.ID != did {
-		return nil, unauthorized(ReasonBadDIDDocument, "the document of %s names %q", did, clip(doc.ID))
+		return nil, resolveFailed(ReasonBadDIDDocument, "the document names %q", clip(doc.ID))
 	}
 	for _, vm := range doc.VerificationMethod {
 		if vm.ID != "#atproto" && vm.ID != did+"#atproto" {
 			continue
 		}
 		if vm.Type != "Multikey" {
-			return nil, unauthorized(ReasonBadDIDDocument, "the #atproto key of %s is of type %q, not Multikey", did, clip(vm.Type))
+			return nil, resolveFailed(ReasonBadDIDDocument, "the #atproto key is of type %q, not Multikey", clip(vm.Type))
 		}
 		k, err := parseMultikey(vm.PublicKeyMultibase)
 		if err != nil {
-			return nil, unauthorized(ReasonBadDIDDocument, "the #atproto key of %s: %v", did, err)
+			return nil, resolveFailed(ReasonBadDIDDocument, "the #atproto key: %w", err)
 		}
 		return k, nil
 	}
-	return nil, unauthorized(ReasonBadDIDDocument, "the document of %s has no #atproto verification method", did)
+	return nil, resolveFailed(ReasonBadDIDDocument, "no #atproto verification method")
 }

@@ -220,7 +220,7 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 		}
 	}
 
-	authn, err := c.authenticator(m.Clock)
+	authn, err := c.authenticator(m.Clock, logger.With().Str("component", "auth").Logger())
 	if err != nil {
 		return err
 	}
@@ -397,7 +397,8 @@ func (m *Main) newLogger(level string) (zerolog.Logger, error) {
 
 // authenticator returns the Authenticator of --auth, or nil for token mode,
 // whose token store is the database opened later.
-func (c *serveConfig) authenticator(clock kpd.Clock) (auth.Authenticator, error) {
+// Its logger hears why a DID document could not be fetched (atproto).
+func (c *serveConfig) authenticator(clock kpd.Clock, logger zerolog.Logger) (auth.Authenticator, error) {
 	switch c.authMode {
 	case "token":
 		return nil, nil
@@ -427,6 +428,7 @@ func (c *serveConfig) authenticator(clock kpd.Clock) (auth.Authenticator, error)
 			PLCURL:      c.plcURL,
 			MaxTokenAge: c.maxTokenAge,
 			Clock:       clock,
+			Logger:      logger,
 		})
 		if err != nil {
 			return nil, usageErrorf("%v", err)
