@@ -538,3 +538,32 @@ func TestPublishItemNotBytes(t *testing.T) {
 	_, err := s.as(alice).Inventory(context.Background(), "dev1", false)
 	wantCode(t, err, kpd.CodeNotFound) // nothing stored
 }
+
+// A JSON body of more than MaxJSONValues values is refused before it is
+// decoded (decoding many tiny values allocates many times the body's
+// size); commas inside strings are not values.
+func TestJSONValuesLimit(t *testing.T) {
+	limits := &limitRecorder{}
+	s := start(t, func(o *options) { o.config = func(c *httpapi.Config) { c.Metrics = limits } })
+	many := `{"refs":[""` + strings.Repeat(`,""`, httpapi.MaxJSONValues+1) + `]}`
+	resp := s.do("POST", "/v1/devices/dev1/key-packages/sync", alice, "application/json", []byte(many))
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(body), `"limit":"json_values"`) {
+		t.Fatalf("a body of %d values: %d %s", httpapi.MaxJSONValues+2, resp.StatusCode, body)
+	}
+	limits.want(t, kpd.LimitJSONValues)
+
+	// As many commas in a string: not values. (The convo_id is too long.)
+	long := `{"convo_id":"` + strings.Repeat(",", httpapi.MaxJSONValues+1) + `","welcome":"AAAA"}`
+	resp = s.do("POST", "/v1/welcomes", alice, "application/json", []byte(long))
+	body, _ = io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "convo_id") {
+		t.Fatalf("commas in a string: %d %s, want 400 for the convo_id", resp.StatusCode, body)
+	}
+	// An escaped quote does not end a string.
+	escaped := `{"convo_id":"\"` + strings.Repeat(",", httpapi.MaxJSONValues+1) + `","welcome":"AAAA"}`
+	resp = s.do("POST", "/v1/welcomes", alice, "application/json", []byte(escaped))
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("commas after an escaped quote: %d, want 400 for the convo_id", resp.StatusCode)
+	}
+}

@@ -244,13 +244,22 @@ func TestServeLimits(t *testing.T) {
 		t.Fatalf("limit %q, want %s", e.Limit, kpd.LimitWelcomeMembers)
 	}
 
-	m, _, _ := newMain(nil, fx.now)
-	err = m.Run(ctx, []string{"serve", "--db", filepath.Join(t.TempDir(), "many.db"), "--listen", "127.0.0.1:0", "--auth", "dev",
-		"--max-welcome-members", "65537"})
-	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "--max-welcome-members 65537: at most 65536") {
-		t.Errorf("serve --max-welcome-members 65537: %v, want a usage error", err)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--max-welcome-members", "65537"}, "--max-welcome-members 65537: at most 65536"},
+		{[]string{"--max-refs", "100001"}, "--max-refs 100001: at most 100000"},
+		{[]string{"--max-claim-targets", "1000", "--max-claim-devices", "101"}, "at most 100000 devices in one claim"},
+	} {
+		m, _, _ := newMain(nil, fx.now)
+		err = m.Run(ctx, append([]string{"serve", "--db", filepath.Join(t.TempDir(), "many.db"), "--listen", "127.0.0.1:0", "--auth", "dev"},
+			tc.args...))
+		if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("serve %v: %v, want a usage error %q", tc.args, err, tc.want)
+		}
+		m.Close()
 	}
-	m.Close()
 	for _, arg := range []string{"--max-body-size", "--max-key-package-size", "--max-welcome-size", "--max-welcome-members",
 		"--max-publish-batch", "--max-claim-targets", "--max-claim-devices", "--max-refs", "--max-waiters-per-did"} {
 		m, _, _ := newMain(nil, fx.now)
