@@ -560,6 +560,12 @@ func TestJSONValuesLimit(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "convo_id") {
 		t.Fatalf("commas in a string: %d %s, want 400 for the convo_id", resp.StatusCode, body)
 	}
+	// An escaped backslash does not escape the closing quote.
+	resp = s.do("POST", "/v1/devices/dev1/key-packages/sync", alice, "application/json",
+		[]byte(`{"refs":["\\\\"`+strings.Repeat(`,""`, httpapi.MaxJSONValues+1)+`]}`))
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("values after a string ending in an escaped backslash: %d, want 413", resp.StatusCode)
+	}
 	// An escaped quote does not end a string.
 	escaped := `{"convo_id":"\"` + strings.Repeat(",", httpapi.MaxJSONValues+1) + `","welcome":"AAAA"}`
 	resp = s.do("POST", "/v1/welcomes", alice, "application/json", []byte(escaped))
