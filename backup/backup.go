@@ -213,6 +213,21 @@ func writeFileAtomicThen(path string, fill func(f *os.File) error, prepare func(
 	return syncDir(dir)
 }
 
+// removeStaleTemps deletes the temporary files that writeFileAtomic left
+// beside files matching pattern (a file name, or a filepath.Match pattern)
+// in dir when a crash stopped it: each is as large as what it was to
+// become. Call it only while nothing else can be writing such a file (the
+// database's lock held, or the backup directory's one scheduler running).
+// Failures are ignored: the files are only clutter.
+func removeStaleTemps(dir, pattern string) {
+	temps, _ := filepath.Glob(filepath.Join(dir, "."+pattern+".*.tmp"))
+	for _, t := range temps {
+		if fi, err := os.Lstat(t); err == nil && fi.Mode().IsRegular() {
+			os.Remove(t)
+		}
+	}
+}
+
 // followLink returns the file that path names when it is a symbolic link
 // (resolved fully), so that replacing it replaces that file rather than the
 // link; otherwise, or when it cannot be resolved, path.

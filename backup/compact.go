@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 
 	"github.com/kpd-dir/kpd/kv"
 )
@@ -51,6 +52,9 @@ func Compact(dbPath, out string, opts *Options) (CompactResult, error) {
 		return CompactResult{}, fmt.Errorf("compact: %w", err)
 	}
 	defer db.Close()
+	if inPlace {
+		removeStaleTemps(filepath.Dir(dbPath), filepath.Base(dbPath))
+	}
 	err = writeFileAtomic(out, func(f *os.File) error { return db.CompactTo(f.Name()) })
 	if err != nil {
 		return CompactResult{}, fmt.Errorf("compact %s into %s: %w", dbPath, out, err)

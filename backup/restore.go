@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -106,6 +107,7 @@ func Restore(from, dbPath string, opts *Options) (err error) {
 		return fmt.Errorf("restore: %w", err)
 	}
 	defer unlock()
+	removeStaleTemps(filepath.Dir(dbPath), filepath.Base(dbPath))
 	if created {
 		// Removed while still locked, so that no server opens it.
 		defer func() {

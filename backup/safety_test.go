@@ -2,6 +2,7 @@ package backup_test
 
 import (
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -156,4 +157,58 @@ func TestSnapshotRefusesALiveDatabase(t *testing.T) {
 	if got := states(t, path, "did:plc:bob"); len(got) != 1 {
 		t.Errorf("write acknowledged after the backup is not in %s", path)
 	}
+}
+
+// The temporary files a crash left (as large as the database or snapshot
+// each was to become) are removed by the next restore or in-place compact
+// of that database, and by a scheduler starting on its directory; other
+// files stay.
+func TestStaleTemporaryFilesRemoved(t *testing.T) {
+	touch := func(paths ...string) {
+		for _, p := range paths {
+			if err := os.WriteFile(p, []byte("partial"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	wantFiles := func(dir string, gone, kept []string) {
+		t.Helper()
+		for _, name := range gone {
+			if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("%s: %v, want it removed", name, err)
+			}
+		}
+		for _, name := range kept {
+			if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+				t.Errorf("%s: %v, want it kept", name, err)
+			}
+		}
+	}
+
+	snap, _, target, _ := restoreSetup(t)
+	dir := filepath.Dir(target)
+	touch(filepath.Join(dir, ".kpd.db.123.tmp"), filepath.Join(dir, ".other.db.1.tmp"), filepath.Join(dir, "notes.tmp"))
+	if err := backup.Restore(snap.Path, target, nil); err != nil {
+		t.Fatal(err)
+	}
+	wantFiles(dir, []string{".kpd.db.123.tmp"}, []string{".other.db.1.tmp", "notes.tmp", "kpd.db"})
+
+	touch(filepath.Join(dir, ".kpd.db.456.tmp"))
+	if _, err := backup.Compact(target, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	wantFiles(dir, []string{".kpd.db.456.tmp"}, []string{".other.db.1.tmp"})
+
+	db := openDB(t, filepath.Join(t.TempDir(), "live.db"))
+	backups := t.TempDir()
+	touch(filepath.Join(backups, "."+backup.Name(t0)+".9.tmp"), filepath.Join(backups, "."+backup.Name(t0)+".sha256.8.tmp"),
+		filepath.Join(backups, ".unrelated.7.tmp"))
+	var n atomic.Int64
+	s := &backup.Scheduler{Source: db, Dir: backups, Interval: time.Hour, Clock: func() time.Time { return t0 },
+		Logger: zerolog.Nop(), OnSuccess: func(time.Time) { n.Add(1) }}
+	stop := testkit.Start(t, s.Run)
+	waitFor(t, func() bool { return n.Load() > 0 })
+	stop()
+	wantFiles(backups, []string{"." + backup.Name(t0) + ".9.tmp", "." + backup.Name(t0) + ".sha256.8.tmp"},
+		[]string{".unrelated.7.tmp", backup.Name(t0)})
 }

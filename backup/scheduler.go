@@ -59,6 +59,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 	if interval <= 0 {
 		interval = DefaultInterval
 	}
+	removeStaleTemps(s.Dir, namePrefix+"*"+nameSuffix)
 	names, err := s.snapshots()
 	if err != nil {
 		s.Logger.Error().Err(err).Str("dir", s.Dir).Msg("backup: list snapshots")
