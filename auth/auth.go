@@ -47,6 +47,9 @@ const (
 	ReasonMissingToken = "MissingToken"
 	ReasonMalformed    = "Malformed"
 	ReasonUnknownToken = "UnknownToken"
+	// ReasonForeignHost: dev authentication refuses a request whose Host
+	// is not a loopback name or address.
+	ReasonForeignHost = "ForeignHost"
 )
 
 // unauthorized returns an Unauthorized error whose Reason names the check
@@ -81,12 +84,24 @@ func (a tokenAuth) Authenticate(r *http.Request) (string, error) {
 // NewDevAuth returns the development Authenticator: `Authorization: Bearer
 // <did>` is taken as the caller, with no proof at all. The DID's syntax is
 // checked (Unauthorized otherwise). Only for servers that listen on
-// loopback addresses (see CheckLoopback).
+// loopback addresses (see CheckLoopback). The request's Host must be a
+// loopback name or address too (Unauthorized, ReasonForeignHost): a web
+// page whose own host name an attacker points at 127.0.0.1 (DNS
+// rebinding) sends its name, and could otherwise act as anyone on a
+// developer's kpd.
 func NewDevAuth() Authenticator { return devAuth{} }
 
 type devAuth struct{}
 
 func (devAuth) Authenticate(r *http.Request) (string, error) {
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if ip := net.ParseIP(host); !strings.EqualFold(host, "localhost") && (ip == nil || !ip.IsLoopback()) {
+		return "", unauthorized(ReasonForeignHost, "dev authentication answers only requests to a loopback host")
+	}
 	did, err := bearer(r)
 	if err != nil {
 		return "", err

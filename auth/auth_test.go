@@ -18,7 +18,7 @@ const alice = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
 
 // authenticate runs a with the given Authorization header ("" for none).
 func authenticate(a auth.Authenticator, header string) (string, error) {
-	r := httptest.NewRequest("GET", "/v1/devices", nil)
+	r := httptest.NewRequest("GET", "http://127.0.0.1:8080/v1/devices", nil)
 	if header != "" {
 		r.Header.Set("Authorization", header)
 	}
@@ -75,6 +75,21 @@ func TestDevAuth(t *testing.T) {
 	for _, h := range []string{"", "Bearer", "Bearer ", "Basic " + alice, alice, "Bearer alice", "Bearer did:plc:" + strings.Repeat("a", kpd.MaxDIDLength)} {
 		if _, err := authenticate(a, h); kpd.ErrorCode(err) != kpd.CodeUnauthorized {
 			t.Errorf("%q: err = %v, want Unauthorized", h, err)
+		}
+	}
+	// Only requests to a loopback host: a DNS-rebound page sends its own.
+	for host, ok := range map[string]bool{"127.0.0.1:8080": true, "localhost:8080": true, "LOCALHOST": true, "[::1]:8080": true,
+		"127.0.0.2": true, "example.com": false, "rebind.attacker.example:8080": false, "localhost.attacker.example": false,
+		"10.0.0.1:8080": false, "": false} {
+		r := httptest.NewRequest("GET", "/v1/devices", nil)
+		r.Host = host
+		r.Header.Set("Authorization", "Bearer "+alice)
+		did, err := a.Authenticate(r)
+		if ok && (err != nil || did != alice) {
+			t.Errorf("Host %q: %q, %v; want %s", host, did, err, alice)
+		}
+		if !ok && (kpd.ErrorCode(err) != kpd.CodeUnauthorized || !strings.Contains(err.Error(), auth.ReasonForeignHost)) {
+			t.Errorf("Host %q: %q, %v; want Unauthorized %s", host, did, err, auth.ReasonForeignHost)
 		}
 	}
 }
