@@ -100,14 +100,14 @@ const (
 	LimitClaimTargets      = "claim_targets"
 	LimitClaimDevices      = "claim_devices"
 	LimitRefsPerRequest    = "refs_per_request"
-	LimitJSONValues        = "json_values"
+	LimitBodyValues        = "body_values"
 	LimitAvailablePerSuite = "available_per_suite"
 	LimitDevicesPerDID     = "devices_per_did"
 )
 
 // Limits are every Limit constant.
 var Limits = []string{LimitBodySize, LimitKeyPackageSize, LimitWelcomeSize, LimitWelcomeMembers, LimitPublishBatch,
-	LimitClaimTargets, LimitClaimDevices, LimitRefsPerRequest, LimitJSONValues, LimitAvailablePerSuite, LimitDevicesPerDID}
+	LimitClaimTargets, LimitClaimDevices, LimitRefsPerRequest, LimitBodyValues, LimitAvailablePerSuite, LimitDevicesPerDID}
 
 // Error implements the error interface.
 func (e *Error) Error() string {

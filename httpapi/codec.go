@@ -34,6 +34,9 @@ var (
 	cborDec = mustMode(cbor.DecOptions{
 		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
 		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
+		// Definite lengths only, so that cborItems can count a body's
+		// items from their heads.
+		IndefLength: cbor.IndefLengthForbidden,
 	}.DecMode())
 )
 
@@ -150,14 +153,18 @@ func decodeOptional(r *http.Request, v any) (bool, error) {
 	// JSON is the default (SPEC section 5): any Content-Type but CBOR's,
 	// such as curl -d's application/x-www-form-urlencoded, is read as JSON.
 	if mediaType(r.Header.Get("Content-Type")) == cborContentType {
+		if n := cborItems(body, MaxBodyValues); n > MaxBodyValues {
+			return true, &kpd.Error{Code: kpd.CodePayloadTooLarge, Limit: kpd.LimitBodyValues,
+				Message: fmt.Sprintf("the CBOR body holds more than %d items", MaxBodyValues)}
+		}
 		if err := cborDec.Unmarshal(body, v); err != nil {
 			return true, kpd.Errorf(kpd.CodeBadRequest, "invalid CBOR body: %v", err)
 		}
 		return true, nil
 	}
-	if n := jsonSeparators(body, MaxJSONValues); n > MaxJSONValues {
-		return true, &kpd.Error{Code: kpd.CodePayloadTooLarge, Limit: kpd.LimitJSONValues,
-			Message: fmt.Sprintf("the JSON body holds more than %d values", MaxJSONValues)}
+	if n := jsonSeparators(body, MaxBodyValues); n > MaxBodyValues {
+		return true, &kpd.Error{Code: kpd.CodePayloadTooLarge, Limit: kpd.LimitBodyValues,
+			Message: fmt.Sprintf("the JSON body holds more than %d values", MaxBodyValues)}
 	}
 	if err := decodeJSON(body, v); err != nil {
 		return true, kpd.Errorf(kpd.CodeBadRequest, "invalid JSON body: %v", err)
@@ -165,13 +172,66 @@ func decodeOptional(r *http.Request, v any) (bool, error) {
 	return true, nil
 }
 
-// MaxJSONValues bounds the values of a JSON request body, counted as its
+// MaxBodyValues bounds the values of a request body: in JSON counted as its
 // commas outside strings (every value of an array or object but the first
-// follows one). Decoding a body of many tiny values (["a","a",...])
+// follows one), in CBOR as its data items. Decoding a body of many tiny values (["a","a",...])
 // allocates many times the body's size; no request of kpd's API needs
 // more (at most 10,000 refs, or 100 claim targets of 100 devices each, by
 // default).
-const MaxJSONValues = 100_000
+const MaxBodyValues = 100_000
+
+// cborItems counts the data items of the CBOR text b (each array element,
+// map key and map value, tag content and the top-level item), reading only
+// their heads, and stops once past limit. It stops early too at anything
+// malformed or of indefinite length, which the decoder refuses anyway.
+func cborItems(b []byte, limit int) int {
+	n, pending, i := 0, uint64(1), 0
+	for pending > 0 && i < len(b) {
+		pending--
+		if n++; n > limit {
+			return n
+		}
+		major, info := b[i]>>5, b[i]&0x1f
+		i++
+		var arg uint64
+		switch {
+		case info < 24:
+			arg = uint64(info)
+		case info <= 27:
+			size := 1 << (info - 24) // 1, 2, 4 or 8 bytes
+			if size > len(b)-i {
+				return n
+			}
+			for _, c := range b[i : i+size] {
+				arg = arg<<8 | uint64(c)
+			}
+			i += size
+		default: // reserved, or indefinite length
+			return n
+		}
+		switch major {
+		case 2, 3: // byte and text strings: skip the content
+			if arg > uint64(len(b)-i) {
+				return n
+			}
+			i += int(arg)
+		case 4, 5: // arrays and maps: their items follow
+			if major == 5 {
+				if arg > uint64(limit) {
+					return limit + 1
+				}
+				arg *= 2
+			}
+			if arg > uint64(limit) {
+				return limit + 1
+			}
+			pending += arg
+		case 6: // a tag: its content follows
+			pending++
+		}
+	}
+	return n
+}
 
 // jsonSeparators counts the commas of the JSON text b that are outside
 // strings, stopping once past limit. It skips a string by searching for

@@ -539,22 +539,41 @@ func TestPublishItemNotBytes(t *testing.T) {
 	wantCode(t, err, kpd.CodeNotFound) // nothing stored
 }
 
-// A JSON body of more than MaxJSONValues values is refused before it is
-// decoded (decoding many tiny values allocates many times the body's
-// size); commas inside strings are not values.
-func TestJSONValuesLimit(t *testing.T) {
+// A JSON body of more than MaxBodyValues values, or a CBOR body of more
+// items, is refused before it is decoded (decoding many tiny values
+// allocates many times the body's size); commas inside strings are not
+// values.
+func TestBodyValuesLimit(t *testing.T) {
 	limits := &limitRecorder{}
 	s := start(t, func(o *options) { o.config = func(c *httpapi.Config) { c.Metrics = limits } })
-	many := `{"refs":[""` + strings.Repeat(`,""`, httpapi.MaxJSONValues+1) + `]}`
+	many := `{"refs":[""` + strings.Repeat(`,""`, httpapi.MaxBodyValues+1) + `]}`
 	resp := s.do("POST", "/v1/devices/dev1/key-packages/sync", alice, "application/json", []byte(many))
 	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(body), `"limit":"json_values"`) {
-		t.Fatalf("a body of %d values: %d %s", httpapi.MaxJSONValues+2, resp.StatusCode, body)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(body), `"limit":"body_values"`) {
+		t.Fatalf("a body of %d values: %d %s", httpapi.MaxBodyValues+2, resp.StatusCode, body)
 	}
-	limits.want(t, kpd.LimitJSONValues)
+	limits.want(t, kpd.LimitBodyValues)
+
+	// CBOR: 100 targets of 1,000 devices each, every one an item.
+	targets := make([]map[string]any, 100)
+	for i := range targets {
+		targets[i] = map[string]any{"did": alice, "devices": make([]string, 1000)}
+	}
+	cb, _ := cbor.Marshal(map[string]any{"cipher_suite": 1, "targets": targets})
+	resp = s.do("POST", "/v1/key-packages/claim", bob, "application/cbor", cb)
+	body, _ = io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(body), `"limit":"body_values"`) {
+		t.Fatalf("a CBOR body of over %d items: %d %s", httpapi.MaxBodyValues, resp.StatusCode, body)
+	}
+	// Indefinite lengths are refused: 0x9f opens an indefinite array.
+	indefinite := []byte{0xa1, 0x64, 'r', 'e', 'f', 's', 0x9f, 0xff}
+	resp = s.do("POST", "/v1/devices/dev1/key-packages/sync", alice, "application/cbor", indefinite)
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("an indefinite-length CBOR array: %d, want 400", resp.StatusCode)
+	}
 
 	// As many commas in a string: not values. (The convo_id is too long.)
-	long := `{"convo_id":"` + strings.Repeat(",", httpapi.MaxJSONValues+1) + `","welcome":"AAAA"}`
+	long := `{"convo_id":"` + strings.Repeat(",", httpapi.MaxBodyValues+1) + `","welcome":"AAAA"}`
 	resp = s.do("POST", "/v1/welcomes", alice, "application/json", []byte(long))
 	body, _ = io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "convo_id") {
@@ -562,12 +581,12 @@ func TestJSONValuesLimit(t *testing.T) {
 	}
 	// An escaped backslash does not escape the closing quote.
 	resp = s.do("POST", "/v1/devices/dev1/key-packages/sync", alice, "application/json",
-		[]byte(`{"refs":["\\\\"`+strings.Repeat(`,""`, httpapi.MaxJSONValues+1)+`]}`))
+		[]byte(`{"refs":["\\\\"`+strings.Repeat(`,""`, httpapi.MaxBodyValues+1)+`]}`))
 	if resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Fatalf("values after a string ending in an escaped backslash: %d, want 413", resp.StatusCode)
 	}
 	// An escaped quote does not end a string.
-	escaped := `{"convo_id":"\"` + strings.Repeat(",", httpapi.MaxJSONValues+1) + `","welcome":"AAAA"}`
+	escaped := `{"convo_id":"\"` + strings.Repeat(",", httpapi.MaxBodyValues+1) + `","welcome":"AAAA"}`
 	resp = s.do("POST", "/v1/welcomes", alice, "application/json", []byte(escaped))
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("commas after an escaped quote: %d, want 400 for the convo_id", resp.StatusCode)

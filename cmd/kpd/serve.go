@@ -138,13 +138,13 @@ func (c *serveConfig) limits() (httpapi.Limits, error) {
 	if c.maxWelcomeMembers > kv.MaxWelcomeRefs {
 		return httpapi.Limits{}, usageErrorf("--max-welcome-members %d: at most %d", c.maxWelcomeMembers, kv.MaxWelcomeRefs)
 	}
-	// A JSON body holds at most httpapi.MaxJSONValues values.
-	if c.maxRefs > httpapi.MaxJSONValues {
-		return httpapi.Limits{}, usageErrorf("--max-refs %d: at most %d", c.maxRefs, httpapi.MaxJSONValues)
+	// A JSON body holds at most httpapi.MaxBodyValues values.
+	if c.maxRefs > httpapi.MaxBodyValues {
+		return httpapi.Limits{}, usageErrorf("--max-refs %d: at most %d", c.maxRefs, httpapi.MaxBodyValues)
 	}
-	if n := c.maxClaimTargets * c.maxClaimDevices; c.maxClaimTargets > httpapi.MaxJSONValues || n > httpapi.MaxJSONValues {
+	if n := c.maxClaimTargets * c.maxClaimDevices; c.maxClaimTargets > httpapi.MaxBodyValues || n > httpapi.MaxBodyValues {
 		return httpapi.Limits{}, usageErrorf("--max-claim-targets %d × --max-claim-devices %d: at most %d devices in one claim",
-			c.maxClaimTargets, c.maxClaimDevices, httpapi.MaxJSONValues)
+			c.maxClaimTargets, c.maxClaimDevices, httpapi.MaxBodyValues)
 	}
 	return httpapi.Limits{
 		MaxBodyBytes:       int64(c.maxBody),
