@@ -235,16 +235,22 @@ func TestLongPollMaxWaiters(t *testing.T) {
 		t.Fatal("the cancelled listing returned no error")
 	}
 	// The server notices the client going away and frees the slot.
+	awaitSlot(t, s, "dev2", "the slot of a listing whose client went away was not freed")
+}
+
+// awaitSlot waits until a waiting listing of alice's device is no longer
+// refused as Unavailable, failing the test with msg after 5 s.
+func awaitSlot(t *testing.T, s *testServer, device, msg string) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		second := listAsync(context.Background(), s, "dev2", client.ListOptions{Wait: 50 * time.Millisecond})
-		l := receive(t, second)
+		l := receive(t, listAsync(context.Background(), s, device, client.ListOptions{Wait: 50 * time.Millisecond}))
 		if l.err == nil {
-			break
+			return
 		}
 		wantCode(t, l.err, kpd.CodeUnavailable)
 		if time.Now().After(deadline) {
-			t.Fatal("the slot of a listing whose client went away was not freed")
+			t.Fatal(msg)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -288,18 +294,7 @@ func TestLongPollMaxWaitersPerDID(t *testing.T) {
 		}
 	}
 	// The server notices the clients going away and frees alice's slots.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		l := receive(t, listAsync(context.Background(), s, "dev3", client.ListOptions{Wait: 50 * time.Millisecond}))
-		if l.err == nil {
-			break
-		}
-		wantCode(t, l.err, kpd.CodeUnavailable)
-		if time.Now().After(deadline) {
-			t.Fatal("the slots of alice's listings whose clients went away were not freed")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	awaitSlot(t, s, "dev3", "the slots of alice's listings whose clients went away were not freed")
 }
 
 // By default a DID may have DefaultMaxWaitersPerDID listings waiting, one
