@@ -957,24 +957,6 @@ func TestCacheEvictsLeastRecentlyUsed(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer safe for concurrent use, for logs.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // The caller is not authenticated yet: what kpd learnt contacting the
 // DID's host (addresses, dial errors, certificates, answers) must not
 // reach it, or kpd is a port scanner for anyone. The log has it.
@@ -1010,7 +992,7 @@ func TestResolutionFailuresRevealNothing(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var log lockedBuffer
+			var log testkit.SyncBuffer
 			e := newEnv(t, Config{Logger: zerolog.New(&log).Level(zerolog.DebugLevel)})
 			a := e.auth
 			if tt.defaultClient {
