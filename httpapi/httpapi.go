@@ -11,7 +11,6 @@ package httpapi
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -346,13 +345,9 @@ func rejectDotSegments(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		for seg := range strings.SplitSeq(r.URL.Path, "/") {
 			if seg == "." || seg == ".." {
-				body, _ := json.Marshal(problem{Type: "about:blank", Title: http.StatusText(http.StatusBadRequest),
+				writeProblem(w, &problem{Type: "about:blank", Title: http.StatusText(http.StatusBadRequest),
 					Status: http.StatusBadRequest, Code: kpd.CodeBadRequest,
 					Detail: `a path segment may not be "." or "..": they are not device names`})
-				w.Header().Set("Content-Type", problemContentType)
-				w.Header().Set("Cache-Control", "no-store")
-				w.WriteHeader(http.StatusBadRequest)
-				w.Write(append(body, '\n'))
 				return
 			}
 		}

@@ -111,6 +111,13 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if p.Limit != "" && s.metrics != nil {
 		s.metrics.LimitExceeded(p.Limit)
 	}
+	writeProblem(w, p)
+}
+
+// writeProblem writes p, whose Type, Title and Status are set, as the
+// response. Unauthorized responses carry a WWW-Authenticate challenge,
+// those with a retryAfter a Retry-After.
+func writeProblem(w http.ResponseWriter, p *problem) {
 	h := w.Header()
 	if p.Code == kpd.CodeUnauthorized {
 		h.Set("WWW-Authenticate", `Bearer realm="kpd"`)
