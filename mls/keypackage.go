@@ -337,6 +337,14 @@ func (kp *KeyPackage) check() *Error {
 	case ln.Credential.Type == CredentialX509 && len(ln.Credential.Certificates) == 0:
 		return fail("key_package.leaf_node.credential.certificates", "x509 credential has no certificate")
 	}
+	if t, ok := misplacedExtension(ln.Extensions, extensionApplicationID); ok {
+		return fail("key_package.leaf_node.extensions",
+			"extension type 0x%04x is reserved or does not belong in a LeafNode", t)
+	}
+	if t, ok := misplacedExtension(kp.Extensions, 0); ok {
+		return fail("key_package.extensions",
+			"extension type 0x%04x is reserved or does not belong in a KeyPackage", t)
+	}
 	if t, ok := unlistedExtension(ln.Extensions, caps.Extensions); ok {
 		return fail("key_package.leaf_node.extensions",
 			"leaf extension type 0x%04x is not listed in the leaf's capabilities", t)
@@ -366,6 +374,25 @@ func hasDuplicateType(exts []Extension) bool {
 // types (application_id 1 to external_senders 5), which capabilities never
 // need to list.
 const maxDefaultExtension = 5
+
+// extensionApplicationID is the one default extension type that belongs
+// in a LeafNode (RFC 9420 section 17.3's registry: ratchet_tree and
+// external_pub belong in GroupInfo, required_capabilities and
+// external_senders in GroupContext; 0 is reserved).
+const extensionApplicationID = 0x0001
+
+// misplacedExtension returns the first extension type of exts that is
+// reserved (0) or a default type that the registry does not allow in a
+// message of this kind (every default type but allowed, which may be 0
+// for none).
+func misplacedExtension(exts []Extension, allowed uint16) (uint16, bool) {
+	for _, e := range exts {
+		if e.Type <= maxDefaultExtension && (e.Type == 0 || e.Type != allowed) {
+			return e.Type, true
+		}
+	}
+	return 0, false
+}
 
 // unlistedExtension returns the first non-default extension type of exts
 // that listed does not contain (RFC 9420 section 7.3).

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kpd-dir/kpd/internal/testkit"
 	"github.com/kpd-dir/kpd/mls"
+	"github.com/kpd-dir/kpd/mls/mlstest"
 )
 
 // wantCode fails the test unless err is an *mls.Error with the given code.
@@ -288,5 +289,28 @@ func TestValidatedJSON(t *testing.T) {
 	}
 	if _, err := json.Marshal(v); err != nil {
 		t.Errorf("json.Marshal: %v", err)
+	}
+}
+
+// A Welcome's new_member refs must have the length of its suite's hash:
+// no KeyPackage of the suite has another.
+func TestWelcomeRefLength(t *testing.T) {
+	reg := mls.NewRegistry()
+	for _, id := range []mls.CipherSuite{1, 4, 7} { // SHA-256, SHA-512, SHA-384
+		suite, _ := reg.Lookup(id)
+		for _, size := range []int{32, 48, 64} {
+			w, err := mlstest.Welcome(suite, make([]byte, size))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _, err = reg.ValidateWelcome(w)
+			if size == suite.Hash.Size() {
+				if err != nil {
+					t.Errorf("suite %d, a ref of %d bytes: %v", id, size, err)
+				}
+				continue
+			}
+			wantCode(t, err, mls.CodeMalformed)
+		}
 	}
 }

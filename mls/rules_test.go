@@ -89,6 +89,24 @@ func TestInvalidKeyPackage(t *testing.T) {
 		"last_resort with a body": func(kp *mls.KeyPackage) {
 			kp.Extensions = []mls.Extension{{Type: mls.ExtensionLastResort, Data: []byte{0}}}
 		},
+		// Of the default types only application_id belongs in a leaf, and
+		// none in a KeyPackage; 0 is reserved.
+		"external_senders in the leaf": func(kp *mls.KeyPackage) {
+			kp.LeafNode.Extensions = []mls.Extension{{Type: 0x0005, Data: []byte("x")}}
+		},
+		"ratchet_tree in the leaf, listed": func(kp *mls.KeyPackage) {
+			kp.LeafNode.Capabilities.Extensions = []uint16{0x0002}
+			kp.LeafNode.Extensions = []mls.Extension{{Type: 0x0002}}
+		},
+		"reserved leaf extension": func(kp *mls.KeyPackage) {
+			kp.LeafNode.Extensions = []mls.Extension{{Type: 0x0000}}
+		},
+		"application_id in the KeyPackage": func(kp *mls.KeyPackage) {
+			kp.Extensions = []mls.Extension{{Type: 0x0001, Data: []byte("app")}}
+		},
+		"required_capabilities in the KeyPackage": func(kp *mls.KeyPackage) {
+			kp.Extensions = []mls.Extension{{Type: 0x0003}}
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			bare := makeKeyPackage(t, 1, modify)

@@ -1,5 +1,7 @@
 package mls
 
+import "fmt"
+
 // Welcome is a parsed RFC 9420 Welcome (section 12.4.3.1). Its byte fields
 // are sub-slices of the input given to ParseWelcome, which must not be
 // modified while the Welcome is in use. kpd never decrypts a Welcome: it
@@ -101,7 +103,9 @@ func (w *Welcome) NewMembers() [][]byte {
 }
 
 // ValidateWelcome parses b like ParseWelcome and checks that its cipher
-// suite is configured, returning the suite. Errors are *Error with code
+// suite is configured, returning the suite, and that every new_member is a
+// KeyPackageRef of that suite: as long as its hash (Malformed otherwise: no
+// KeyPackage of the suite can have it). Errors are *Error with code
 // Malformed, UnsupportedVersion or UnsupportedCipherSuite.
 func (r *Registry) ValidateWelcome(b []byte) (*Welcome, Suite, error) {
 	w, err := decodeWelcome(b)
@@ -111,6 +115,12 @@ func (r *Registry) ValidateWelcome(b []byte) (*Welcome, Suite, error) {
 	s, ok := r.Lookup(w.CipherSuite)
 	if !ok {
 		return nil, Suite{}, unsupportedSuite(w.CipherSuite, "welcome.cipher_suite")
+	}
+	for i, sec := range w.Secrets {
+		if len(sec.NewMember) != s.Hash.Size() {
+			return nil, Suite{}, asError(errorf(CodeMalformed, fmt.Sprintf("welcome.secrets[%d].new_member", i),
+				"a KeyPackageRef of %d bytes; suite %d's hash gives %d", len(sec.NewMember), s.ID, s.Hash.Size()))
+		}
 	}
 	return w, s, nil
 }
