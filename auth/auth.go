@@ -98,8 +98,7 @@ func (devAuth) Authenticate(r *http.Request) (string, error) {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
-	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-	if ip := net.ParseIP(host); !strings.EqualFold(host, "localhost") && (ip == nil || !ip.IsLoopback()) {
+	if !loopbackHost(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")) {
 		return "", unauthorized(ReasonForeignHost, "dev authentication answers only requests to a loopback host")
 	}
 	did, err := bearer(r)
@@ -155,6 +154,13 @@ func TokenID(hash []byte) string {
 	return hex.EncodeToString(hash[:min(len(hash), 8)])
 }
 
+// loopbackHost reports whether host (without port or brackets) is
+// "localhost" or a loopback IP address.
+func loopbackHost(host string) bool {
+	ip := net.ParseIP(host)
+	return strings.EqualFold(host, "localhost") || (ip != nil && ip.IsLoopback())
+}
+
 // CheckLoopback returns an error unless listenAddr (host:port) names a
 // loopback host: a loopback IP address or "localhost". An empty host
 // listens on every interface and is refused.
@@ -163,10 +169,7 @@ func CheckLoopback(listenAddr string) error {
 	if err != nil {
 		return fmt.Errorf("listen address %q: %w", listenAddr, err)
 	}
-	if strings.EqualFold(host, "localhost") {
-		return nil
-	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+	if loopbackHost(host) {
 		return nil
 	}
 	if host == "" {

@@ -108,13 +108,13 @@ func (db *DB) PostWelcome(ctx context.Context, w kpd.Welcome) (*kpd.PostWelcomeR
 func (t *txn) route(w kpd.Welcome) (*welcomeRecord, error) {
 	rec := &welcomeRecord{ConvoID: w.ConvoID, Sender: w.Sender, Suite: w.CipherSuite, Data: w.Data, CreatedAt: stampOf(t.now)}
 	byDevice := make(map[string]int)
-	seen := make(map[string]bool, len(w.Refs))
+	seen := make(map[string]bool, len(w.Refs)) // raw refs
+	seenInvalid := make(map[kpd.Ref]bool)      // refs that are not hex, each rejected once
 	for _, r := range w.Refs {
 		ref, ok := refBytes(r)
 		if !ok {
-			// Each invalid ref once too.
-			if !seen["invalid:"+string(r)] {
-				seen["invalid:"+string(r)] = true
+			if !seenInvalid[r] {
+				seenInvalid[r] = true
 				rec.Rejected = append(rec.Rejected, rejectedEntry{Ref: r, Reason: kpd.CodeUnknownKeyPackage})
 			}
 			continue
