@@ -174,6 +174,11 @@ type StoreReport struct {
 	Commits      int64 `json:"commits"`
 	Operations   int64 `json:"operations"`
 	PagesWritten int64 `json:"pages_written"`
+	// Commit times: how long bbolt took to write and fsync a
+	// transaction's pages (kv.Observer's CommitBatch), in milliseconds.
+	CommitP50Ms float64 `json:"commit_p50_ms"`
+	CommitP99Ms float64 `json:"commit_p99_ms"`
+	CommitMaxMs float64 `json:"commit_max_ms"`
 }
 
 // Op returns the report of the named operation, or nil.
@@ -306,6 +311,7 @@ type runner struct {
 	url string
 	// db is the in-process store, nil against a URL.
 	db      *kv.DB
+	commits *commitTimes // the in-process store's commit times
 	closers []func() error
 	hc      *http.Client
 	workers []*worker
@@ -361,7 +367,8 @@ func (r *runner) start(ctx context.Context) error {
 		r.closers = append(r.closers, func() error { return os.RemoveAll(dir) })
 		path = filepath.Join(dir, "bench.db")
 	}
-	srv, err := StartServer(ServerConfig{Path: path, NoSync: cfg.NoSync})
+	r.commits = &commitTimes{}
+	srv, err := StartServer(ServerConfig{Path: path, NoSync: cfg.NoSync, Observer: r.commits})
 	if err != nil {
 		return err
 	}
@@ -416,6 +423,7 @@ func (r *runner) timed(ctx context.Context) error {
 	var storeBefore kv.WriteStats
 	if r.db != nil {
 		storeBefore = r.db.WriteStats()
+		r.commits.start()
 	}
 	var done atomic.Int64
 	var exhausted atomic.Bool
@@ -458,6 +466,11 @@ func (r *runner) timed(ctx context.Context) error {
 			Commits:      after.Commits - storeBefore.Commits,
 			Operations:   after.Operations - storeBefore.Operations,
 			PagesWritten: after.PagesWritten - storeBefore.PagesWritten,
+		}
+		if took := r.commits.stop(); len(took) > 0 {
+			r.report.Store.CommitP50Ms = ms(percentile(took, 50))
+			r.report.Store.CommitP99Ms = ms(percentile(took, 99))
+			r.report.Store.CommitMaxMs = ms(took[len(took)-1])
 		}
 	}
 	switch {

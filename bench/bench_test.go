@@ -89,10 +89,12 @@ func TestClaim(t *testing.T) {
 	// 40 transactions, each of which wrote pages (its own and a meta page).
 	if s := r.Store; s == nil || s.Operations != 40 || s.Commits < 1 || s.Commits > 40 || s.PagesWritten < 2*s.Commits {
 		t.Errorf("store report %+v", s)
+	} else if !(0 < s.CommitP50Ms && s.CommitP50Ms <= s.CommitP99Ms && s.CommitP99Ms <= s.CommitMaxMs) {
+		t.Errorf("commit times p50 %v, p99 %v, max %v ms", s.CommitP50Ms, s.CommitP99Ms, s.CommitMaxMs)
 	}
 	var text bytes.Buffer
 	r.WriteText(&text)
-	if !strings.Contains(text.String(), "pages written per commit") {
+	if !strings.Contains(text.String(), "pages written per commit; commit p50 ") {
 		t.Errorf("text report lacks the store line:\n%s", text.String())
 	}
 }

@@ -39,8 +39,9 @@ func (r *Report) WriteText(w io.Writer) error {
 		return err
 	}
 	if s := r.Store; s != nil && s.Commits > 0 {
-		fmt.Fprintf(w, "\nstore: %d commits, %.1f operations and %.1f pages written per commit\n",
-			s.Commits, float64(s.Operations)/float64(s.Commits), float64(s.PagesWritten)/float64(s.Commits))
+		fmt.Fprintf(w, "\nstore: %d commits, %.1f operations and %.1f pages written per commit; commit p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+			s.Commits, float64(s.Operations)/float64(s.Commits), float64(s.PagesWritten)/float64(s.Commits),
+			s.CommitP50Ms, s.CommitP99Ms, s.CommitMaxMs)
 	}
 	for _, e := range r.Errors {
 		fmt.Fprintf(w, "error: %s %s x%d, e.g. %s\n", e.Op, e.Code, e.Count, e.Sample)

@@ -32,6 +32,9 @@ type ServerConfig struct {
 	// Logger receives the request log; nil means request lines are
 	// formatted (as kpd serve does) and then discarded.
 	Logger *zerolog.Logger
+	// Observer hears about the store's commits and changes (kv.Options);
+	// nil means none.
+	Observer kv.Observer
 }
 
 // Server is kpd running inside this process: the bbolt store on a file
@@ -50,7 +53,7 @@ type Server struct {
 // error (wrapping kv.ErrInUse when another process holds the file) or the
 // listener's. Close stops the server.
 func StartServer(cfg ServerConfig) (*Server, error) {
-	db, err := kv.Open(cfg.Path, &kv.Options{Clock: cfg.Clock, NoSync: cfg.NoSync})
+	db, err := kv.Open(cfg.Path, &kv.Options{Clock: cfg.Clock, NoSync: cfg.NoSync, Observer: cfg.Observer})
 	if err != nil {
 		return nil, err
 	}

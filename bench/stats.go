@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/kpd-dir/kpd"
@@ -178,3 +179,44 @@ func percentile(sorted []time.Duration, p int) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// commitTimes is a kv.Observer that records how long each commit of the
+// in-process store took, between start and stop (the timed phase); it
+// ignores every other change.
+type commitTimes struct {
+	mu   sync.Mutex
+	on   bool
+	took []time.Duration
+}
+
+// start forgets what was recorded and starts recording.
+func (c *commitTimes) start() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.on, c.took = true, nil
+}
+
+// stop stops recording and returns the commit times, sorted.
+func (c *commitTimes) stop() []time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.on = false
+	slices.Sort(c.took)
+	return c.took
+}
+
+func (c *commitTimes) CommitBatch(_ int, d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.on {
+		c.took = append(c.took, d)
+	}
+}
+
+func (*commitTimes) Claimed(uint16, bool)               {}
+func (*commitTimes) Consumed(uint16)                    {}
+func (*commitTimes) Published(uint16, int)              {}
+func (*commitTimes) ClaimMiss(kpd.Code)                 {}
+func (*commitTimes) WelcomePosted()                     {}
+func (*commitTimes) DeliveryFinished(kpd.DeliveryState) {}
+func (*commitTimes) WelcomeRejected(kpd.Code)           {}

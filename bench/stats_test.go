@@ -54,3 +54,22 @@ func TestRecorderMerge(t *testing.T) {
 		t.Errorf("errors %+v", errs)
 	}
 }
+
+// commitTimes records commits only between start and stop, and a start
+// forgets what an earlier phase recorded.
+func TestCommitTimes(t *testing.T) {
+	var c commitTimes
+	c.CommitBatch(1, time.Second) // before start: the set-up phase
+	c.start()
+	c.CommitBatch(3, 3*time.Millisecond)
+	c.CommitBatch(1, time.Millisecond)
+	got := c.stop()
+	c.CommitBatch(1, time.Hour) // after stop
+	if want := []time.Duration{time.Millisecond, 3 * time.Millisecond}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("recorded %v, want %v", got, want)
+	}
+	c.start()
+	if got := c.stop(); len(got) != 0 {
+		t.Errorf("a new phase starts with %v", got)
+	}
+}
