@@ -85,7 +85,10 @@ type Dispatcher struct {
 	// Secret signs every request (SignatureHeader); required.
 	Secret []byte
 	// Client sends the requests; nil means a client with DefaultTimeout
-	// that keeps a connection per concurrent delivery open.
+	// that keeps a connection per concurrent delivery open. Redirects are
+	// never followed, whatever the client's CheckRedirect: a 3xx answer is
+	// a failed attempt (a followed 301, 302 or 303 becomes a GET without
+	// the event, which a 2xx answer would then acknowledge).
 	Client *http.Client
 	// Concurrency is how many events are in flight at once, each of a
 	// different device; 0 means DefaultConcurrency. 1 delivers one event
@@ -198,6 +201,9 @@ func (d *Dispatcher) Run(ctx context.Context) {
 		p.client = &http.Client{Timeout: DefaultTimeout, Transport: tr}
 		defer tr.CloseIdleConnections()
 	}
+	noRedirects := *p.client
+	noRedirects.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	p.client = &noRedirects
 	if p.backoff == nil {
 		p.backoff = FullJitter(DefaultBackoffBase, DefaultBackoffCap)
 	}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -595,3 +596,34 @@ func TestDispatcherNewEventsWaitBehindFailure(t *testing.T) {
 
 // secretString is the signing secret as text, to look for in logs.
 var secretString = string(secret)
+
+// A redirect is a failed attempt, not followed: a followed 302 would turn
+// the POST into a GET without the event, whose 200 would delete the event
+// as delivered.
+func TestDispatcherDoesNotFollowRedirects(t *testing.T) {
+	var posts, gets atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc("/hook", func(w http.ResponseWriter, r *http.Request) {
+		posts.Add(1)
+		http.Redirect(w, r, "/login", http.StatusFound)
+	})
+	mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
+		gets.Add(1)
+		w.WriteHeader(http.StatusOK)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	src := &memOutbox{}
+	src.add(kpd.EventWelcomePending, "did:plc:a", "phone")
+	obs := &outcomes{}
+	d := newDispatcher(src, srv.URL+"/hook", obs)
+	d.Client = &http.Client{Timeout: 5 * time.Second} // follows redirects by default
+	stop := run(t, d)
+	testkit.Eventually(t, "two failed attempts", func() bool { return obs.get(webhook.OutcomeFailed) >= 2 })
+	stop()
+	if gets.Load() != 0 || obs.get(webhook.OutcomeDelivered) != 0 || src.len() != 1 {
+		t.Errorf("after %d POSTs: %d redirects followed, %d delivered, %d events left; want 0, 0, 1",
+			posts.Load(), gets.Load(), obs.get(webhook.OutcomeDelivered), src.len())
+	}
+}
