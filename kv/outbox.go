@@ -35,8 +35,14 @@ const DefaultEventsLimit = 100
 //   - kpd.EventWelcomePending for each recipient device of a newly stored
 //     Welcome.
 
-// eventID returns the stable ID of the event with sequence seq.
-func eventID(seq uint64) string { return fmt.Sprintf("evt_%016x", seq) }
+// eventID returns the stable ID of the event with sequence seq, created
+// at created. The sequence alone is not unique over a database's life: a
+// restored snapshot, or a new database, numbers its events again from
+// where it stands, and a receiver that drops the IDs it has processed
+// would drop the new events as duplicates. Their creation times differ.
+func eventID(seq uint64, created stamp) string {
+	return fmt.Sprintf("evt_%016x_%016x", uint64(created.time().UnixNano()), seq)
+}
 
 // emit appends an event, at the operation's time, to the outbox if
 // Options.Outbox is set.
@@ -132,7 +138,7 @@ func (db *DB) PendingEvents(ctx context.Context, afterSeq uint64, limit int) ([]
 }
 
 func (e *eventRecord) public(seq uint64) kpd.Event {
-	ev := kpd.Event{ID: eventID(seq), Type: e.Type, Seq: seq, DID: e.DID, Device: e.Device,
+	ev := kpd.Event{ID: eventID(seq, e.CreatedAt), Type: e.Type, Seq: seq, DID: e.DID, Device: e.Device,
 		CipherSuite: e.Suite, Available: e.Available, WelcomeID: e.WelcomeID, ConvoID: e.ConvoID,
 		Sender: e.Sender, CreatedAt: e.CreatedAt.time()}
 	if e.Ref != nil {

@@ -2,6 +2,8 @@ package kv
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -210,7 +212,7 @@ func TestWelcomePendingEvents(t *testing.T) {
 	evs := e.newEvents(t, &seq)
 	wantEvents(t, "post", evs, "welcome.pending phone 1", "welcome.pending tablet 1")
 	for i, ev := range evs {
-		want := kpd.Event{ID: fmt.Sprintf("evt_%016x", ev.Seq), Type: kpd.EventWelcomePending, Seq: ev.Seq,
+		want := kpd.Event{ID: fmt.Sprintf("evt_%016x_%016x", t0.Add(time.Minute).UnixNano(), ev.Seq), Type: kpd.EventWelcomePending, Seq: ev.Seq,
 			DID: bob, Device: res.KeyPackages[i].Device, CipherSuite: 1, Ref: res.KeyPackages[i].Ref,
 			WelcomeID: w.ID, ConvoID: "convo", Sender: alice, CreatedAt: t0.Add(time.Minute)}
 		if ev != want {
@@ -240,7 +242,7 @@ func TestOutboxLifecycle(t *testing.T) {
 		if i > 0 && ev.Seq <= all[i-1].Seq {
 			t.Fatalf("events out of order: %+v", all)
 		}
-		if ev.ID != fmt.Sprintf("evt_%016x", ev.Seq) || len(ev.ID) != 20 {
+		if ev.ID != fmt.Sprintf("evt_%016x_%016x", ev.CreatedAt.UnixNano(), ev.Seq) || len(ev.ID) != 37 {
 			t.Fatalf("event id %q for seq %d", ev.ID, ev.Seq)
 		}
 	}
@@ -324,5 +326,43 @@ func TestOutboxOff(t *testing.T) {
 	}
 	if s := e.stats(t); s.PendingEvents != 0 {
 		t.Fatalf("stats pending events = %d", s.PendingEvents)
+	}
+}
+
+// Event IDs stay unique when the outbox numbers events again: after a
+// restore, new events get the sequences of events made (and delivered)
+// after the snapshot, but not their IDs, which receivers deduplicate by.
+func TestOutboxIDsUniqueAfterRestore(t *testing.T) {
+	e := outbox(t)
+	e.publishN(t, bob, "phone", 1, 5)
+	snap := filepath.Join(t.TempDir(), "snap.db")
+	f, err := os.Create(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.WriteSnapshot(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	e.clock.Advance(time.Minute)
+	e.claimOne(t, alice, bob, "phone", 1)
+	e.claimOne(t, alice, bob, "phone", 1) // 5 -> 3: key_packages.low
+	before := e.events(t)
+	if len(before) == 0 {
+		t.Fatal("no event after the snapshot")
+	}
+
+	r := verified(t, openTestFile(t, snap, func(o *Options) { o.Outbox = true; o.LowWatermark = 3 }))
+	r.clock.Advance(time.Hour) // the restore comes later
+	r.claimOne(t, alice, bob, "phone", 1)
+	r.claimOne(t, alice, bob, "phone", 1)
+	after := r.events(t)
+	if len(after) != len(before) || after[0].Seq != before[0].Seq {
+		t.Fatalf("the restored outbox does not number the same: before %+v, after %+v", before, after)
+	}
+	for i := range after {
+		if after[i].ID == before[i].ID {
+			t.Errorf("event %d: ID %s again, for a new event", i, after[i].ID)
+		}
 	}
 }
