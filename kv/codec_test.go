@@ -20,7 +20,7 @@ func sampleRecords() []any {
 			LastResort: true, Retired: true, PublishedAt: at, NotBefore: at, NotAfter: stampOf(time.Unix(math.MaxInt64, 0)),
 			Claimer: bob, ClaimedAt: &at, ConsumedAt: &at, Served: 7, Seq: 9, Welcome: "w", Pending: 2, Lapsed: true,
 			Ref: []byte{0xab, 0xcd}, Spent: true},
-		&deviceRecord{CreatedAt: at, LastSeen: at, Pending: 1, Suites: map[uint16]suiteCounts{1: {2, 3, 4}, 0xff00: {}}},
+		&deviceRecord{CreatedAt: at, LastSeen: at, Pending: 1, Suites: map[uint16]suiteCounts{1: {2, 3, 4, true}, 0xff00: {}}},
 		&deliveryRecord{Refs: [][]byte{{1}, {2}}, ConvoID: "c", Seq: 4, CreatedAt: at,
 			Status: deliveryStatus{State: kpd.DeliveryRejected, Reason: kpd.ReasonOther, Detail: "d", UpdatedAt: at}},
 		&welcomeRecord{ConvoID: "c", Sender: alice, Suite: 1, Data: []byte{9}, CreatedAt: at,

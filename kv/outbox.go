@@ -21,14 +21,14 @@ const DefaultEventsLimit = 100
 // that causes it, so an event exists exactly when its change committed:
 //
 //   - kpd.EventKeyPackagesLow when a device's available count of a suite
-//     (regular KeyPackages) goes from above Options.LowWatermark to at or
-//     below it (never with LowWatermarkOff), and
-//     kpd.EventKeyPackagesExhausted when it goes from one or
-//     more to zero, by a claim, a delete, a sync or the sweeper: once per
-//     crossing, compared between the device record before and after the
-//     transaction (txn.saveDevice), so claims below the watermark do not
-//     fire again, and a device replenished above it fires again when it
-//     drains;
+//     (regular KeyPackages) falls to or below Options.LowWatermark (never
+//     with LowWatermarkOff), by a claim, a delete, a sync or the sweeper,
+//     once until a publish raises the count again (suiteCounts.Low): so
+//     claims below the watermark do not fire again, and a device that
+//     publishes, even without getting back above the watermark, fires
+//     again at its next fall; and kpd.EventKeyPackagesExhausted when the
+//     count goes from one or more to zero. Both compare the device record
+//     before and after the transaction (txn.saveDevice);
 //   - kpd.EventLastResortServed when a claim hands out a last resort;
 //   - kpd.EventLastResortUsed when an ack, reject or take ends a delivery
 //     made with a last resort;
@@ -63,26 +63,33 @@ func (t *txn) emit(e eventRecord) error {
 }
 
 // watermarkEvents emits the low-watermark and exhaustion events of a device
-// whose record goes from old to next, by suite.
+// whose record goes from old to next, by suite, and keeps next's Low flags.
 func (t *txn) watermarkEvents(did, device string, old, next *deviceRecord) error {
 	if !t.opts.Outbox {
 		return nil
 	}
 	lw := t.opts.LowWatermark
 	for _, suite := range slices.Sorted(maps.Keys(next.Suites)) {
-		was, is := old.Suites[suite].Available, next.Suites[suite].Available
-		for _, crossing := range []struct {
-			typ   string
-			fired bool
-		}{
+		prev, c := old.Suites[suite], next.Suites[suite]
+		was, is := prev.Available, c.Available
+		low := prev.Low
+		var fire []string
+		switch {
+		case is > was:
+			low = false // replenished: the next fall reports again
+		case is < was && is <= lw && !low:
 			// A negative watermark (LowWatermarkOff) is never reached.
-			{kpd.EventKeyPackagesLow, was > lw && is <= lw},
-			{kpd.EventKeyPackagesExhausted, was > 0 && is == 0},
-		} {
-			if !crossing.fired {
-				continue
-			}
-			if err := t.emit(eventRecord{Type: crossing.typ, DID: did, Device: device, Suite: suite, Available: &is}); err != nil {
+			fire, low = append(fire, kpd.EventKeyPackagesLow), true
+		}
+		if was > 0 && is == 0 {
+			fire = append(fire, kpd.EventKeyPackagesExhausted)
+		}
+		if c.Low != low {
+			c.Low = low
+			next.Suites[suite] = c
+		}
+		for _, typ := range fire {
+			if err := t.emit(eventRecord{Type: typ, DID: did, Device: device, Suite: suite, Available: &is}); err != nil {
 				return err
 			}
 		}

@@ -59,8 +59,9 @@ func wantEvents(t *testing.T, step string, got []kpd.Event, want ...string) {
 	}
 }
 
-// TestWatermarkEvents: low and exhausted fire when the available count
-// crosses, not on every change below, by claim, delete, sync and sweep.
+// TestWatermarkEvents: low fires when the available count falls to or
+// below the watermark, once until a publish raises it; exhausted when it
+// reaches zero; by claim, delete, sync and sweep.
 func TestWatermarkEvents(t *testing.T) {
 	e := outbox(t)
 	var seq uint64
@@ -102,7 +103,21 @@ func TestWatermarkEvents(t *testing.T) {
 	e.publish(t, bob, "tablet", e.kpExpiring(1, false, time.Hour))
 	e.clock.Advance(time.Hour)
 	e.sweep(t)
-	wantEvents(t, "sweep", e.newEvents(t, &seq), "key_packages.exhausted tablet 1 0")
+	wantEvents(t, "sweep", e.newEvents(t, &seq), "key_packages.low tablet 1 0", "key_packages.exhausted tablet 1 0")
+
+	// A pool that never rises above the watermark: low fires at its first
+	// fall, and again after each publish, even one that leaves it at or
+	// below the watermark.
+	e.publishN(t, bob, "laptop", 1, 3)
+	wantEvents(t, "publish 3", e.newEvents(t, &seq))
+	e.claimOne(t, alice, bob, "laptop", 1) // 2
+	wantEvents(t, "claim to 2", e.newEvents(t, &seq), "key_packages.low laptop 1 2")
+	e.claimOne(t, alice, bob, "laptop", 1) // 1
+	wantEvents(t, "claim to 1", e.newEvents(t, &seq))
+	e.publishN(t, bob, "laptop", 1, 2) // 3
+	wantEvents(t, "top up to 3", e.newEvents(t, &seq))
+	e.claimOne(t, alice, bob, "laptop", 1) // 2
+	wantEvents(t, "claim to 2 after the top-up", e.newEvents(t, &seq), "key_packages.low laptop 1 2")
 
 	// Deleting a device asks for nothing.
 	if err := e.DeleteDevice(e.ctx, bob, "phone"); err != nil {

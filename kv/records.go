@@ -89,6 +89,10 @@ type suiteCounts struct {
 	// stepping over the claimed and consumed KeyPackages before it. Claims
 	// raise it; new KeyPackages get larger seqs than any it can have.
 	Head uint64 `cbor:"3,keyasint,omitempty"`
+	// Low says that a key_packages.low event reported the available count
+	// at or below the low watermark and no publish has raised it since:
+	// the next fall does not report it again (txn.watermarkEvents).
+	Low bool `cbor:"4,keyasint,omitempty"`
 }
 
 // deviceRecord is a device, keyed by index.Device(DID, device).
