@@ -118,12 +118,15 @@ func (db *DB) Sweep(ctx context.Context, now time.Time) (SweepStats, error) {
 		)
 		err := db.write(ctx, func(t *txn) error {
 			t.now = now.UTC()
-			s := &sweeper{t: t, devices: map[string]*deviceRecord{}}
+			s := &sweeper{t: t, devices: map[string]*deviceRecord{}, welcomes: map[string][2]*welcomeRecord{}}
 			var err error
 			if next, done, err = s.run(pos, db.opts.SweepBatchSize); err != nil {
 				return err
 			}
 			st = s.stats
+			if err := s.saveWelcomes(); err != nil {
+				return err
+			}
 			return s.saveDevices()
 		})
 		if err != nil {
@@ -138,18 +141,32 @@ func (db *DB) Sweep(ctx context.Context, now time.Time) (SweepStats, error) {
 	}
 }
 
+// sweepWelcomeBytes bounds the Welcome bytes one transaction of a Sweep
+// rewrites: purging a finished delivery rewrites its Welcome's record,
+// Welcome bytes included (up to 4 MiB each by default), so a batch of
+// deliveries of different large Welcomes would otherwise hold the writer,
+// and every claim, for as long as copying gigabytes takes. A transaction
+// ends after the entry that reaches the bound.
+var sweepWelcomeBytes = 8 << 20
+
 // sweeper is one transaction of a Sweep. It keeps the devices whose
 // KeyPackages it changes and stores each once, at the end, so that a
 // device's available count is compared with the watermark once per
-// transaction.
+// transaction; and the Welcomes whose deliveries it purges, stored once
+// each, however many of their deliveries it purges.
 type sweeper struct {
 	t       *txn
 	stats   SweepStats
 	devices map[string]*deviceRecord // by index.Device key
+	// welcomes are the Welcomes changed and not yet stored, by ID;
+	// welcomeBytes counts the bytes of those changed in the transaction.
+	welcomes     map[string][2]*welcomeRecord // stored, changed
+	welcomeBytes int
 }
 
-// run handles at most budget due entries from pos on and returns the
-// position reached and whether every phase is done.
+// run handles at most budget due entries from pos on, fewer if they
+// rewrite sweepWelcomeBytes of Welcomes, and returns the position reached
+// and whether every phase is done.
 func (s *sweeper) run(pos sweepPos, budget int) (sweepPos, bool, error) {
 	for ; pos.phase < len(sweepPhases); pos.phase, pos.after = pos.phase+1, nil {
 		ph := sweepPhases[pos.phase]
@@ -161,12 +178,14 @@ func (s *sweeper) run(pos sweepPos, budget int) (sweepPos, bool, error) {
 			if err := ph.apply(s, k[index.TimeLen:]); err != nil {
 				return pos, false, fmt.Errorf("sweep %s: %w", describeKey(ph.bucket, k), err)
 			}
+			pos.after = k
+			if budget--; budget == 0 || s.welcomeBytes >= sweepWelcomeBytes {
+				return pos, false, nil
+			}
 		}
-		if len(keys) > 0 {
-			pos.after = keys[len(keys)-1]
-		}
-		if budget -= len(keys); budget == 0 {
-			return pos, false, nil
+		// What this phase changed is stored before the next phase reads.
+		if err := s.saveWelcomes(); err != nil {
+			return pos, false, err
 		}
 	}
 	return pos, true, nil
@@ -336,7 +355,36 @@ func (s *sweeper) purgeDelivery(key []byte) error {
 		return err
 	}
 	s.stats.DeliveriesPurged++
-	return s.t.recipientGone(id, did, device, d.Status)
+	return s.recipientGone(id, did, device, d.Status)
+}
+
+// recipientGone is txn.recipientGone for the sweep: the Welcome is stored
+// once per transaction (saveWelcomes), not once per delivery.
+func (s *sweeper) recipientGone(id, did, device string, final deliveryStatus) error {
+	w, ok := s.welcomes[id]
+	if !ok {
+		old, next, err := s.t.welcomeToEdit(id)
+		if err != nil || old == nil {
+			return err
+		}
+		w = [2]*welcomeRecord{old, next}
+		s.welcomes[id] = w
+		s.welcomeBytes += len(old.Data)
+	}
+	w[1].markGone(did, device, final)
+	return nil
+}
+
+// saveWelcomes stores the Welcomes the sweep changed.
+func (s *sweeper) saveWelcomes() error {
+	for _, id := range slices.Sorted(maps.Keys(s.welcomes)) {
+		w := s.welcomes[id]
+		if err := s.t.saveWelcome(id, w[0], w[1]); err != nil {
+			return err
+		}
+		delete(s.welcomes, id)
+	}
+	return nil
 }
 
 func (s *sweeper) purgeWelcome(id []byte) error {

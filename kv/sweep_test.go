@@ -2,6 +2,7 @@ package kv
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"testing"
@@ -415,5 +416,71 @@ func TestSweepKeepsSpentRefsUntilNotAfter(t *testing.T) {
 		if rec := e.record(t, kp.Ref); rec != nil {
 			t.Fatalf("spent %s kept past its not_after: %+v", kp.Ref, rec)
 		}
+	}
+}
+
+// bigWelcome posts a Welcome of size bytes from alice naming refs, and
+// returns its ID.
+func (e *env) bigWelcome(t *testing.T, size int, refs ...kpd.Ref) string {
+	t.Helper()
+	data := make([]byte, size)
+	rand.Read(data)
+	res, err := e.PostWelcome(e.ctx, kpd.Welcome{ID: kpd.WelcomeID(data), ConvoID: "c", Sender: alice, CipherSuite: 1, Data: data, Refs: refs})
+	if err != nil || len(res.Recipients) != len(refs) {
+		t.Fatalf("post welcome: %+v, %v", res, err)
+	}
+	return res.WelcomeID
+}
+
+// TestSweepBoundsWelcomeRewrites: purging a finished delivery rewrites its
+// Welcome, bytes included, so a sweep transaction stops once it has
+// rewritten sweepWelcomeBytes of Welcomes (here 4 of 3 MiB: two
+// transactions, not one); and a Welcome with many purged deliveries is
+// rewritten once per transaction, not once per delivery (10 deliveries of
+// one Welcome of 3 MiB: one transaction).
+func TestSweepBoundsWelcomeRewrites(t *testing.T) {
+	e := newTestDB(t, sweepOptions)
+	const size = 3 << 20
+	var single []string // Welcome IDs
+	for i := range 4 {
+		device := fmt.Sprintf("d%d", i)
+		ref := e.publishN(t, bob, device, 1, 1)[0]
+		e.claimOne(t, alice, bob, device, 1)
+		id := e.bigWelcome(t, size, ref)
+		if _, err := e.Ack(e.ctx, bob, device, id); err != nil {
+			t.Fatal(err)
+		}
+		single = append(single, id)
+	}
+	var refs []kpd.Ref
+	for i := range 10 {
+		device := fmt.Sprintf("m%d", i)
+		refs = append(refs, e.publishN(t, carol, device, 1, 1)[0])
+		e.claimOne(t, alice, carol, device, 1)
+	}
+	e.clock.Advance(time.Hour)
+	many := e.bigWelcome(t, size, refs...)
+	for i := range refs {
+		if _, err := e.Ack(e.ctx, carol, fmt.Sprintf("m%d", i), many); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The Welcomes' last deliveries ended a consumed retention ago, so
+	// each sweep also purges the Welcomes it orphans: every delivery's
+	// end must be in its Welcome's record for that.
+	e.clock.Advance(testConsumedRetention - time.Hour)
+	st := e.sweep(t)
+	if st.DeliveriesPurged != 4 || st.WelcomesPurged != 4 || st.Transactions != 2 {
+		t.Errorf("sweep of 4 Welcomes of 3 MiB: %+v; want 4 deliveries and 4 Welcomes purged in 2 transactions", st)
+	}
+	e.clock.Advance(time.Hour)
+	st = e.sweep(t)
+	if st.DeliveriesPurged != 10 || st.WelcomesPurged != 1 || st.Transactions != 1 {
+		t.Errorf("sweep of one Welcome of 3 MiB to 10 devices: %+v; want 10 deliveries and the Welcome purged in 1 transaction", st)
+	}
+	for _, id := range append(single, many) {
+		_, err := e.WelcomeStatus(e.ctx, alice, id)
+		wantCode(t, err, kpd.CodeNotFound)
 	}
 }

@@ -312,18 +312,34 @@ func (t *txn) saveWelcome(id string, old, next *welcomeRecord) error {
 // recipientGone records in Welcome id that the delivery to a device is
 // gone (deleted with its device, or purged), with its final status.
 func (t *txn) recipientGone(id, did, device string, final deliveryStatus) error {
+	old, next, err := t.welcomeToEdit(id)
+	if err != nil || old == nil {
+		return err
+	}
+	next.markGone(did, device, final)
+	return t.saveWelcome(id, old, next)
+}
+
+// welcomeToEdit returns the stored Welcome id and a copy to change whose
+// Recipients it does not share, or nils if there is none.
+func (t *txn) welcomeToEdit(id string) (old, next *welcomeRecord, err error) {
 	var w welcomeRecord
 	if ok, err := t.get(bucketWelcomes, []byte(id), &w); err != nil || !ok {
-		return err
+		return nil, nil, err
 	}
 	n := w
 	n.Recipients = slices.Clone(w.Recipients)
-	for i := range n.Recipients {
-		if e := &n.Recipients[i]; e.DID == did && e.Device == device && e.Gone == nil {
+	return &w, &n, nil
+}
+
+// markGone records that the delivery to a device is gone, with its final
+// status.
+func (w *welcomeRecord) markGone(did, device string, final deliveryStatus) {
+	for i := range w.Recipients {
+		if e := &w.Recipients[i]; e.DID == did && e.Device == device && e.Gone == nil {
 			e.Gone = &final
 		}
 	}
-	return t.saveWelcome(id, &w, &n)
 }
 
 // removeAvailable takes an available KeyPackage out of service: it is
