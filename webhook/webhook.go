@@ -174,8 +174,10 @@ type deviceKey struct{ did, device string }
 // Run passes over the outbox when Notify is called, every PollInterval,
 // and when a retry is due. Outbox sequences grow in commit order, so most
 // passes read only the events added since the last one; a pass reads the
-// whole outbox (at most once per PollInterval) when a device's retry is
-// due, and after a failure to read or delete events.
+// whole outbox when a device's retry is due (at most once per
+// PollInterval, and spending at most a tenth of the time reading: a large
+// outbox behind a receiver that is down spaces these passes out), and
+// after a failure to read or delete events.
 func (d *Dispatcher) Run(ctx context.Context) {
 	wake := d.wakeChan()
 	p := &passes{
@@ -236,16 +238,31 @@ type passes struct {
 	retries map[deviceKey]*retry
 	// high is the highest Seq examined: events above it are new.
 	high uint64
-	// lastFull is when the last pass over the whole outbox started.
+	// lastFull is when the last pass over the whole outbox started, and
+	// fullRead how long that pass spent reading the outbox.
 	lastFull time.Time
+	fullRead time.Duration
 	// rescan asks for a pass over the whole outbox.
 	rescan bool
+}
+
+// fullReadShare bounds the time passes over the whole outbox spend reading
+// it: while a receiver is down, retries fall due all the time, and a pass
+// reads every event (about a second for a million) before it reaches the
+// device whose retry is due.
+const fullReadShare = 10
+
+// fullGap is the least time between the starts of passes over the whole
+// outbox for retries: the poll interval, or fullReadShare times as long as
+// the last one spent reading, whichever is longer.
+func (p *passes) fullGap() time.Duration {
+	return max(p.poll, fullReadShare*p.fullRead)
 }
 
 // retryDue reports whether a device's retry is due and a pass over the
 // whole outbox is allowed.
 func (p *passes) retryDue() bool {
-	if time.Since(p.lastFull) < p.poll {
+	if time.Since(p.lastFull) < p.fullGap() {
 		return false
 	}
 	now := time.Now()
@@ -265,7 +282,7 @@ func (p *passes) nextWait() time.Duration {
 	for _, rt := range p.retries {
 		wait = min(wait, time.Until(rt.next))
 	}
-	return max(wait, time.Until(p.lastFull.Add(p.poll)), 0)
+	return max(wait, time.Until(p.lastFull.Add(p.fullGap())), 0)
 }
 
 // pass attempts the events of devices that are not blocked: from the
@@ -281,12 +298,16 @@ func (p *passes) pass(ctx context.Context) {
 	full := p.rescan || p.retryDue()
 	after := p.high
 	if full {
-		after, p.lastFull, p.rescan = 0, time.Now(), false
+		after, p.lastFull, p.rescan, p.fullRead = 0, time.Now(), false, 0
 	}
 	blocked := map[deviceKey]bool{}
 	seen := map[deviceKey]bool{}
 	for ctx.Err() == nil {
+		readStart := time.Now()
 		events, err := p.d.Source.PendingEvents(ctx, after, pageSize)
+		if full {
+			p.fullRead += time.Since(readStart)
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				p.rescan = true
