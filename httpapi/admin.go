@@ -18,6 +18,9 @@ import (
 	"github.com/kpd-dir/kpd"
 )
 
+// AdminPrefix starts the path of every admin route.
+const AdminPrefix = "/v1/admin/"
+
 // The response of GET /v1/admin/backup: the snapshot with its exact
 // Content-Length, and its SHA-256 (lowercase hex) in
 // AdminSnapshotSHA256Header, so that a client can tell a complete, intact
@@ -96,7 +99,9 @@ type AdminConfig struct {
 //     secrets; DELETE /v1/admin/tokens/{id} revokes one (204, or 404
 //     NotFound).
 //
-// Errors are RFC 9457 problem documents, as on every other route.
+// Without AdminConfig.Token the admin routes are off: every path answers
+// 404 NotFound, saying how to turn them on. Errors are RFC 9457 problem
+// documents, as on every other route.
 func NewAdmin(cfg AdminConfig) http.Handler {
 	s := &server{log: cfg.Logger, metrics: cfg.Metrics, router: mux.NewRouter()}
 	s.router.NotFoundHandler = http.HandlerFunc(s.notFound)
@@ -118,8 +123,13 @@ func NewAdmin(cfg AdminConfig) http.Handler {
 		s.handlePublic(http.MethodGet, AdminBackupPath, a.authorized(a.backup))
 		a.registerStats(cfg)
 		a.registerTokens(cfg)
+	} else {
+		s.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s.writeError(w, r, kpd.Errorf(kpd.CodeNotFound,
+				"the admin routes are off: start kpd serve with an admin token (--admin-token-file FILE, or KPD_ADMIN_TOKEN)"))
+		})
 	}
-	return s.requestID(s.logRequests(s.recoverPanics(s.router)))
+	return s.requestID(s.logRequests(s.recoverPanics(s.rejectDotSegments(s.router))))
 }
 
 // adminServer serves the admin routes.

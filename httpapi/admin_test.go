@@ -69,7 +69,7 @@ func adminPublish(t *testing.T, db *kv.DB, did string, n, size int) {
 
 // adminWantProblem checks that resp is a problem document with status and
 // code.
-func adminWantProblem(t *testing.T, resp *http.Response, status int, code kpd.Code) {
+func adminWantProblem(t *testing.T, resp *http.Response, status int, code kpd.Code) (detail string) {
 	t.Helper()
 	var p struct {
 		Status int      `json:"status"`
@@ -86,6 +86,7 @@ func adminWantProblem(t *testing.T, resp *http.Response, status int, code kpd.Co
 		t.Errorf("%s %s: status %d (document %d), code %q; want %d %q (%s)",
 			resp.Request.Method, resp.Request.URL.Path, resp.StatusCode, p.Status, p.Code, status, code, p.Detail)
 	}
+	return p.Detail
 }
 
 func TestAdminBackupNeedsToken(t *testing.T) {
@@ -110,7 +111,10 @@ func TestAdminBackupNeedsToken(t *testing.T) {
 func TestAdminRoutesOffWithoutToken(t *testing.T) {
 	url, _, _ := adminTestServer(t, "", "")
 	for _, auth := range []string{"", "Bearer ", "Bearer anything"} {
-		adminWantProblem(t, testkit.Do(t, http.MethodGet, url+httpapi.AdminBackupPath, auth), http.StatusNotFound, kpd.CodeNotFound)
+		detail := adminWantProblem(t, testkit.Do(t, http.MethodGet, url+httpapi.AdminBackupPath, auth), http.StatusNotFound, kpd.CodeNotFound)
+		if !strings.Contains(detail, "admin routes are off") || !strings.Contains(detail, "--admin-token-file") {
+			t.Errorf("detail %q does not say the admin routes are off and how to turn them on", detail)
+		}
 	}
 }
 

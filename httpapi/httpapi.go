@@ -217,7 +217,7 @@ func New(cfg Config) http.Handler {
 	s.registerDevices()
 	s.registerClaims()
 	s.registerWelcomes()
-	return s.requestID(s.logRequests(s.recoverPanics(s.limitBody(s.router))))
+	return s.requestID(s.logRequests(s.recoverPanics(s.rejectDotSegments(s.limitBody(s.router)))))
 }
 
 // request is an authenticated API request with its validated path
@@ -322,15 +322,12 @@ func isLowerHex(s string) bool {
 // NewServer returns an http.Server for h with kpd's timeouts: 10 s to read
 // the request headers, 60 s to read a request, 90 s to write a response (a
 // 60 s long-poll plus a slow client), 120 s of idle keep-alive, and 64 KiB
-// of headers.
-//
-// A request whose path has a "." or ".." segment (also percent-encoded) is
-// answered 400 at once: it names no route of kpd (kpd.ValidDevice refuses
-// those device names), and http.ServeMux would otherwise redirect it to
-// another path.
+// of headers. h should not clean paths: http.ServeMux redirects a path
+// with a "." or ".." segment to another route, where the handlers of New
+// and NewAdmin answer it 400 (see WithAdmin).
 func NewServer(h http.Handler) *http.Server {
 	return &http.Server{
-		Handler:           rejectDotSegments(h),
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		WriteTimeout:      90 * time.Second,
@@ -339,18 +336,32 @@ func NewServer(h http.Handler) *http.Server {
 	}
 }
 
-// rejectDotSegments answers 400 BadRequest, as a problem document, for a
-// request whose path has a "." or ".." segment.
-func rejectDotSegments(h http.Handler) http.Handler {
+// WithAdmin serves the paths under AdminPrefix with admin and every other
+// path with api, as they come: unlike http.ServeMux it neither cleans
+// paths nor redirects.
+func WithAdmin(api, admin http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, AdminPrefix) {
+			admin.ServeHTTP(w, r)
+			return
+		}
+		api.ServeHTTP(w, r)
+	})
+}
+
+// rejectDotSegments answers 400 BadRequest for a request whose path has a
+// "." or ".." segment (also percent-encoded): it names no route of kpd
+// (kpd.ValidDevice refuses those device names), and routers would clean
+// it into another path. It runs inside the request id, logging and metrics
+// middleware, so such a request is logged and counted like any other.
+func (s *server) rejectDotSegments(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		for seg := range strings.SplitSeq(r.URL.Path, "/") {
 			if seg == "." || seg == ".." {
-				writeProblem(w, &problem{Type: "about:blank", Title: http.StatusText(http.StatusBadRequest),
-					Status: http.StatusBadRequest, Code: kpd.CodeBadRequest,
-					Detail: `a path segment may not be "." or "..": they are not device names`})
+				s.writeError(w, r, kpd.Errorf(kpd.CodeBadRequest, `a path segment may not be "." or "..": they are not device names`))
 				return
 			}
 		}
-		h.ServeHTTP(w, r)
+		next.ServeHTTP(w, r)
 	})
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/fxamacker/cbor/v2"
+	"github.com/rs/zerolog"
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/auth"
@@ -279,14 +280,13 @@ func TestOperationNames(t *testing.T) {
 	}
 }
 
-// A path with a "." or ".." segment is 400 at the server, as in kpd
-// serve (a ServeMux in front of the API): not a redirect to another route.
-// Such names are no device names, in paths or in claims.
+// A path with a "." or ".." segment is 400, as in kpd serve (the API and
+// the admin routes behind WithAdmin), not a redirect to another route, and
+// it is logged with its request id like any other request. Such names are
+// no device names, in paths or in claims.
 func TestDotSegments(t *testing.T) {
 	s := start(t)
-	mux := http.NewServeMux()
-	mux.Handle("/", s.handler)
-	srv := httptest.NewServer(httpapi.NewServer(mux).Handler)
+	srv := httptest.NewServer(httpapi.NewServer(httpapi.WithAdmin(s.handler, httpapi.NewAdmin(httpapi.AdminConfig{Logger: zerolog.Nop()}))).Handler)
 	t.Cleanup(srv.Close)
 	noRedirects := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	send := func(method, path, body string) (*http.Response, []byte) {
@@ -312,13 +312,23 @@ func TestDotSegments(t *testing.T) {
 		{"POST", "/v1/devices/%2E%2E/key-packages"},
 		{"DELETE", "/v1/devices/."},
 		{"GET", "/v1/devices/../welcomes"},
+		{"GET", "/v1/admin/../devices"},
 	} {
 		resp, body := send(c.method, c.path, publish)
-		var p struct{ Code kpd.Code }
+		var p struct {
+			Code      kpd.Code
+			RequestID string `json:"request_id"`
+		}
 		if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Content-Type") != "application/problem+json" ||
 			json.Unmarshal(body, &p) != nil || p.Code != kpd.CodeBadRequest {
 			t.Errorf("%s %s: %d %s %s, want a 400 BadRequest problem", c.method, c.path, resp.StatusCode, resp.Header.Get("Content-Type"), body)
 		}
+		if id := resp.Header.Get("X-Request-Id"); id == "" || p.RequestID != id {
+			t.Errorf("%s %s: request id %q in the header, %q in the problem", c.method, c.path, id, p.RequestID)
+		}
+	}
+	if n := strings.Count(s.logs.String(), `"status":400`); n != 5 {
+		t.Errorf("%d request lines with status 400 for the 5 API paths, want 5:\n%s", n, s.logs)
 	}
 	// Dots within a name are fine.
 	if resp, body := send("POST", "/v1/devices/.../key-packages", publish); resp.StatusCode != http.StatusOK {
