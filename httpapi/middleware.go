@@ -61,10 +61,16 @@ func validRequestID(s string) bool {
 	return true
 }
 
+// probeRoutes are polled by monitoring: their successful requests are
+// logged at debug level, so that scrapes and health checks do not fill
+// the log at info level.
+var probeRoutes = map[string]bool{"/healthz": true, "/readyz": true, MetricsPath: true}
+
 // logRequests writes one log line per request: request id, method, route
 // template (never the raw path, which names devices), status, latency,
 // caller DID and bytes in and out. It never logs bodies or headers. It
-// also reports the request to Config.Metrics.
+// also reports the request to Config.Metrics. Lines are at info level,
+// but at debug level for successful requests of probeRoutes.
 func (s *server) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -81,7 +87,11 @@ func (s *server) logRequests(next http.Handler) http.Handler {
 		if s.metrics != nil {
 			s.metrics.ObserveRequest(route, rec.statusCode(), elapsed)
 		}
-		s.log.Info().
+		line := s.log.Info()
+		if probeRoutes[route] && rec.statusCode() < 400 {
+			line = s.log.Debug()
+		}
+		line.
 			Str("request_id", info.id).
 			Str("method", r.Method).
 			Str("route", route).

@@ -113,7 +113,7 @@ func TestCBOR(t *testing.T) {
 
 // TestRequestLog: one line per request with the request id (an incoming
 // sane one is kept and echoed), route template, status, caller and sizes;
-// never the credential or the bytes.
+// never the credential or the bytes; successful probes at debug level.
 func TestRequestLog(t *testing.T) {
 	s := start(t)
 	kp := fixture(t, 1).KeyPackages["alice_dev1"]
@@ -147,6 +147,10 @@ func TestRequestLog(t *testing.T) {
 	}
 	if lines[1]["request_id"] != generated || lines[2]["route"] != "/healthz" {
 		t.Errorf("log lines = %v", lines[1:])
+	}
+	// A probe that succeeds is logged at debug level, anything else at info.
+	if lines[0]["level"] != "info" || lines[1]["level"] != "info" || lines[2]["level"] != "debug" {
+		t.Errorf("log levels %v, %v, %v; want info, info, debug", lines[0]["level"], lines[1]["level"], lines[2]["level"])
 	}
 	logs := s.logs.String()
 	for _, secret := range []string{"Bearer", b64(kp.Message)[:40], "dev1/key-packages"} {
