@@ -57,7 +57,8 @@ type Store interface {
 	// Each ref must be claimed by the sender (or be a last resort). When no
 	// ref routes, nothing is stored and the result has no Recipients.
 	// Posting the same Welcome again returns the stored result with Created
-	// false; the same Welcome from another sender is a Conflict.
+	// false; the same Welcome from another sender, or with another
+	// ConvoID, is a Conflict.
 	PostWelcome(ctx context.Context, w Welcome) (*PostWelcomeResult, error)
 
 	// WelcomeStatus returns a Welcome's delivery status to its sender.

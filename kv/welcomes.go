@@ -71,6 +71,8 @@ func (db *DB) PostWelcome(ctx context.Context, w kpd.Welcome) (*kpd.PostWelcomeR
 			return refuse(err)
 		case ok && stored.Sender != w.Sender:
 			return refuse(kpd.Errorf(kpd.CodeConflict, "welcome %s was posted by another DID", w.ID))
+		case ok && stored.ConvoID != w.ConvoID:
+			return refuse(kpd.Errorf(kpd.CodeConflict, "welcome %s was posted with convo_id %q", w.ID, stored.ConvoID))
 		case ok:
 			recipients, err := t.recipients(w.ID, &stored)
 			if err != nil {

@@ -75,7 +75,14 @@ func TestWelcomeLifecycle(t *testing.T) {
 		repost.Recipients[0].Status != kpd.DeliveryAcked || !repost.Recipients[0].UpdatedAt.Equal(t0.Add(2*time.Minute)) {
 		t.Fatalf("repost = %+v, %v", repost, err)
 	}
-	// The same Welcome from someone else is a conflict.
+	// The same Welcome for another conversation, or from someone else, is
+	// a conflict.
+	other := w
+	other.ConvoID = "another convo"
+	_, err = e.PostWelcome(e.ctx, other)
+	if ke := wantCode(t, err, kpd.CodeConflict); !strings.Contains(ke.Message, w.ConvoID) {
+		t.Errorf("conflict %q does not name the stored convo_id %q", ke.Message, w.ConvoID)
+	}
 	w.Sender = carol
 	_, err = e.PostWelcome(e.ctx, w)
 	wantCode(t, err, kpd.CodeConflict)
