@@ -7,16 +7,16 @@ import "time"
 // webhook at least once.
 const (
 	// EventKeyPackagesLow: a device's available count of a suite fell to or
-	// below the low watermark (fired when the count crosses it, not on
-	// every claim below it).
+	// below the low watermark (once, not on every claim below it, until
+	// the device publishes KeyPackages of that suite again).
 	EventKeyPackagesLow = "key_packages.low"
 	// EventKeyPackagesExhausted: a device has no available KeyPackage of a
 	// suite left (its last resort, if any, is served from now on).
 	EventKeyPackagesExhausted = "key_packages.exhausted"
 	// EventLastResortServed: a claim handed out a device's last resort.
 	EventLastResortServed = "last_resort.served"
-	// EventLastResortUsed: a device acknowledged a Welcome made with its
-	// last resort; it should publish a new one.
+	// EventLastResortUsed: a device acknowledged, took or rejected a
+	// Welcome made with its last resort; it should publish a new one.
 	EventLastResortUsed = "last_resort.used"
 	// EventWelcomePending: a new Welcome awaits a device (hook it to push
 	// notifications).
