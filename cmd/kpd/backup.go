@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/term"
 
+	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/backup"
 	"github.com/kpd-dir/kpd/kv"
 )
@@ -29,6 +31,22 @@ type adminTokenFlags struct {
 func (f *adminTokenFlags) register(fs *flag.FlagSet, usage string) {
 	fs.StringVar(&f.token, "admin-token", "", usage+" (prefer --admin-token-file or KPD_ADMIN_TOKEN: a flag shows in ps)")
 	fs.StringVar(&f.file, "admin-token-file", "", "read the admin token from this `file` (surrounding white space ignored)")
+}
+
+// errAdminOff is the error of a command whose --url server has its admin
+// routes off (it was started without an admin token).
+var errAdminOff = errors.New("the server has its admin routes off")
+
+// adminRoutesOff explains err, of an admin request to the server at base:
+// a NotFound there means that the server has no admin routes. Other
+// errors are returned as they are.
+func adminRoutesOff(base string, err error) error {
+	if kpd.ErrorCode(err) != kpd.CodeNotFound {
+		return err
+	}
+	return fmt.Errorf("%w: %s answers 404 on /v1/admin/; restart that kpd serve with --admin-token-file FILE "+
+		"or KPD_ADMIN_TOKEN (at least %d characters) to turn them on, and give this command the same token",
+		errAdminOff, base, minAdminTokenLength)
 }
 
 // value returns the admin token, "" when neither flag is set.
@@ -111,32 +129,51 @@ func (m *Main) startBackups(ctx context.Context, f backupFlags, src backup.Sourc
 // fsynced and renamed, with FILE.sha256 beside it.
 func (m *Main) backup(ctx context.Context, args []string) error {
 	fs := newFlagSet("backup", m.Stderr, "backup (--url URL --admin-token-file FILE | --db FILE) -o SNAPSHOT")
-	url := fs.String("url", "", "base `URL` of a running kpd to fetch the snapshot from (GET /v1/admin/backup)")
+	url := fs.String("url", "", "base `URL` of a running kpd to fetch the snapshot from (GET /v1/admin/backup), e.g. http://127.0.0.1:8080")
 	var admin adminTokenFlags
 	admin.register(fs, "the server's admin `token`, with --url")
 	dbPath := fs.String("db", "kpd.db", "database `file` to snapshot when no --url is given (it must not be in use)")
 	out := fs.String("o", "", "the snapshot `file` to write (required); FILE.sha256 is written beside it")
 	timeout := new(time.Duration)
-	durationVar(fs, timeout, "timeout", time.Second, "how long to wait for the lock of --db")
+	durationVar(fs, timeout, "timeout", time.Second, "how long to wait for the lock of --db (more than 0)")
 	if err := parseArgs(fs, args, m.Getenv, "backup"); err != nil {
 		return err
 	}
 	if *out == "" {
 		return usageErrorf("backup: -o FILE is required")
 	}
+	if err := positive("timeout", *timeout); err != nil {
+		return err
+	}
+	var token string
+	if *url != "" {
+		if err := checkURL(*url); err != nil {
+			return err
+		}
+		var err error
+		if token, err = admin.required("backup"); err != nil {
+			return err
+		}
+	}
+	if err := dirMustExist("-o", *out); err != nil {
+		return err
+	}
 
 	bar := m.newProgressBar("backup")
 	var src backup.Source
 	if *url != "" {
-		token, err := admin.required("backup")
-		if err != nil {
-			return err
-		}
 		src = backup.SourceFunc(func(w io.Writer) (int64, error) {
-			return backup.Download(ctx, *url, token, w, bar.update)
+			n, err := backup.Download(ctx, *url, token, w, bar.update)
+			return n, adminRoutesOff(*url, err)
 		})
 	} else {
-		db, err := kv.Open(*dbPath, &kv.Options{ReadOnly: true, OpenTimeout: *timeout})
+		if err := mustExist("--db", *dbPath, "give --db the database file to snapshot, or --url to snapshot a running server"); err != nil {
+			return err
+		}
+		db, err := openDB(*dbPath, &kv.Options{ReadOnly: true, OpenTimeout: *timeout})
+		if errors.Is(err, kv.ErrInUse) {
+			return fmt.Errorf("%w; to snapshot a running server, use --url URL with its admin token", err)
+		}
 		if err != nil {
 			return err
 		}
@@ -167,13 +204,25 @@ func (m *Main) restore(_ context.Context, args []string) error {
 	dbPath := fs.String("db", "kpd.db", "the database `file` to replace (the server must be stopped)")
 	noChecksum := fs.Bool("no-checksum", false, "accept a snapshot without a .sha256 file (its invariants are still checked)")
 	timeout := new(time.Duration)
-	durationVar(fs, timeout, "timeout", time.Second, "how long to wait for the lock of --db")
+	durationVar(fs, timeout, "timeout", time.Second, "how long to wait for the lock of --db (more than 0)")
 	if err := parseArgs(fs, args, m.Getenv, "restore"); err != nil {
 		return err
 	}
 	if *from == "" {
 		return usageErrorf("restore: --from SNAPSHOT is required")
 	}
+	if err := positive("timeout", *timeout); err != nil {
+		return err
+	}
+	if err := mustExist("--from", *from, "give --from the snapshot file to restore"); err != nil {
+		return err
+	}
+	if err := dirMustExist("--db", *dbPath); err != nil {
+		return err
+	}
+	sum := *from + backup.ChecksumSuffix
+	_, statErr := os.Stat(sum)
+	hasSum := !errors.Is(statErr, os.ErrNotExist)
 	bar := m.newProgressBar("restore")
 	err := backup.Restore(*from, *dbPath, &backup.Options{
 		AllowMissingChecksum: *noChecksum,
@@ -181,10 +230,17 @@ func (m *Main) restore(_ context.Context, args []string) error {
 		Progress:             bar.update,
 	})
 	bar.finish()
+	if errors.Is(err, backup.ErrNoChecksum) {
+		return fmt.Errorf("%w; to restore a snapshot you trust without one, add --no-checksum (its invariants are still checked)", err)
+	}
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(m.Stderr, "restored %s from %s (checksum and invariants verified)\n", *dbPath, *from)
+	verified := "checksum and invariants verified"
+	if !hasSum {
+		verified = "invariants verified; no checksum: " + sum + " does not exist"
+	}
+	fmt.Fprintf(m.Stderr, "restored %s from %s (%s)\n", *dbPath, *from, verified)
 	return nil
 }
 
@@ -195,9 +251,20 @@ func (m *Main) compact(_ context.Context, args []string) error {
 	dbPath := fs.String("db", "kpd.db", "the database `file` to compact (the server must be stopped)")
 	out := fs.String("o", "", "write the compacted copy to this new `file` instead of replacing --db")
 	timeout := new(time.Duration)
-	durationVar(fs, timeout, "timeout", time.Second, "how long to wait for the lock of --db")
+	durationVar(fs, timeout, "timeout", time.Second, "how long to wait for the lock of --db (more than 0)")
 	if err := parseArgs(fs, args, m.Getenv, "compact"); err != nil {
 		return err
+	}
+	if err := positive("timeout", *timeout); err != nil {
+		return err
+	}
+	if err := mustExist("--db", *dbPath, "give --db the database file to compact"); err != nil {
+		return err
+	}
+	if *out != "" {
+		if err := dirMustExist("-o", *out); err != nil {
+			return err
+		}
 	}
 	res, err := backup.Compact(*dbPath, *out, &backup.Options{LockTimeout: *timeout})
 	if err != nil {
@@ -208,17 +275,6 @@ func (m *Main) compact(_ context.Context, args []string) error {
 		target = *dbPath
 	}
 	fmt.Fprintf(m.Stderr, "compacted %s into %s: %s -> %s\n", *dbPath, target, formatBytes(res.Before), formatBytes(res.After))
-	return nil
-}
-
-// parseArgs parses a command's flags and refuses positional arguments.
-func parseArgs(fs *flag.FlagSet, args []string, getenv func(string) string, cmd string) error {
-	if err := parseFlags(fs, args, getenv); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usageErrorf("%s: unexpected argument %q", cmd, fs.Arg(0))
-	}
 	return nil
 }
 

@@ -155,7 +155,7 @@ func TestBackupFromServerAndRestore(t *testing.T) {
 func TestBackupFromFile(t *testing.T) {
 	fx := loadFixture(t)
 	dbPath := filepath.Join(t.TempDir(), "kpd.db")
-	wantCmd(t, fx.now, "token", "create", "--db", dbPath, "--did", aliceDID)
+	wantCmd(t, fx.now, "token", "create", "--db", dbPath, "--create-db", "--did", aliceDID)
 
 	snap := filepath.Join(t.TempDir(), "snap.db")
 	wantCmd(t, fx.now, "backup", "--db", dbPath, "-o", snap)
@@ -379,4 +379,64 @@ func fileSize(t *testing.T, path string) int64 {
 		t.Fatal(err)
 	}
 	return fi.Size()
+}
+
+// kpd restore says what it verified, checks that the snapshot exists
+// before its checksum file, and points at --no-checksum when that file is
+// missing.
+func TestRestoreMessages(t *testing.T) {
+	fx := loadFixture(t)
+	dir := t.TempDir()
+	dbPath := filepath.Join(dir, "kpd.db")
+	wantCmd(t, fx.now, "token", "create", "--db", dbPath, "--create-db", "--did", aliceDID)
+	snap := filepath.Join(dir, "snap.db")
+	wantCmd(t, fx.now, "backup", "--db", dbPath, "-o", snap)
+
+	restored := filepath.Join(dir, "restored.db")
+	if out := wantCmd(t, fx.now, "restore", "--from", snap, "--db", restored); !strings.Contains(out, "(checksum and invariants verified)") {
+		t.Errorf("restore with a checksum: %q", out)
+	}
+	// --no-checksum still checks a checksum file that is there.
+	if out := wantCmd(t, fx.now, "restore", "--from", snap, "--db", restored, "--no-checksum"); !strings.Contains(out, "(checksum and invariants verified)") {
+		t.Errorf("restore --no-checksum with a checksum file: %q", out)
+	}
+	if err := os.Remove(snap + backup.ChecksumSuffix); err != nil {
+		t.Fatal(err)
+	}
+	_, err := runCmd(nil, fx.now, "restore", "--from", snap, "--db", restored)
+	if !errors.Is(err, backup.ErrNoChecksum) || !strings.Contains(err.Error(), "--no-checksum") {
+		t.Errorf("restore without a checksum file: err = %v, want ErrNoChecksum naming --no-checksum", err)
+	}
+	out := wantCmd(t, fx.now, "restore", "--from", snap, "--db", restored, "--no-checksum")
+	if strings.Contains(out, "checksum and") || !strings.Contains(out, "invariants verified") || !strings.Contains(out, snap+backup.ChecksumSuffix) {
+		t.Errorf("restore --no-checksum without a checksum file: %q, want it to say that only the invariants were verified", out)
+	}
+
+	missing := filepath.Join(dir, "missing.db")
+	_, err = runCmd(nil, fx.now, "restore", "--from", missing, "--db", restored)
+	if exitCode(err) != 1 || !errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), backup.ChecksumSuffix) {
+		t.Errorf("restore --from a missing snapshot: err = %v, want one about the snapshot, not its checksum", err)
+	}
+}
+
+// The commands that write beside a file name its directory when it does
+// not exist, not a temporary file in it.
+func TestMissingDirectoryErrors(t *testing.T) {
+	fx := loadFixture(t)
+	dir := t.TempDir()
+	dbPath := filepath.Join(dir, "kpd.db")
+	wantCmd(t, fx.now, "token", "create", "--db", dbPath, "--create-db", "--did", aliceDID)
+	wantCmd(t, fx.now, "backup", "--db", dbPath, "-o", filepath.Join(dir, "snap.db"))
+	nodir := filepath.Join(dir, "nodir")
+	for _, args := range [][]string{
+		{"backup", "--db", dbPath, "-o", filepath.Join(nodir, "s.db")},
+		{"compact", "--db", dbPath, "-o", filepath.Join(nodir, "c.db")},
+		{"restore", "--from", filepath.Join(dir, "snap.db"), "--db", filepath.Join(nodir, "r.db")},
+		{"token", "create", "--did", aliceDID, "--db", filepath.Join(nodir, "t.db"), "--create-db"},
+	} {
+		_, err := runCmd(nil, fx.now, args...)
+		if exitCode(err) != 1 || !strings.Contains(err.Error(), "directory "+nodir+" does not exist") || strings.Contains(err.Error(), ".tmp") {
+			t.Errorf("kpd %v: err = %v, want one saying that %s does not exist", args, err, nodir)
+		}
+	}
 }

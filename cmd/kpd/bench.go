@@ -47,11 +47,8 @@ func (m *Main) bench(ctx context.Context, args []string) error {
 	fs.IntVar(&c.DevicesPerDID, "devices-per-did", bench.DefaultDevicesPerDID, "devices of each made-up DID (at most the server's --max-devices)")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	noEnv := func(string) string { return "" }
-	if err := parseFlags(fs, args, noEnv); err != nil {
+	if err := parseArgs(fs, args, noEnv, "bench"); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return usageErrorf("bench: unexpected argument %q", fs.Arg(0))
 	}
 	if suite == 0 || suite > 0xffff {
 		return usageErrorf("--suite %d: want a cipher suite number", suite)

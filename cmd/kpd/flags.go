@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -30,16 +31,31 @@ func newFlagSet(name string, w io.Writer, synopsis string) *flag.FlagSet {
 	return fs
 }
 
-// parseFlags parses args, then fills every flag not given on the command
-// line from the environment variable KPD_<NAME> (upper case, '-' as '_').
-// Command-line flags win over the environment. Positional arguments are
-// left to the caller (fs.Args).
-func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
+// parseFlags parses args, whose flags may come before, between or after
+// the positional arguments ("--" ends the flags), then fills every flag not
+// given on the command line from the environment variable KPD_<NAME>
+// (upper case, '-' as '_'). Command-line flags win over the environment.
+// It returns the positional arguments.
+func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
 		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		// Parse stops at the first positional argument, or after "--".
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			positional = append(positional, rest...)
+			break
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -51,11 +67,51 @@ func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) err
 		env := envName(f.Name)
 		if v := getenv(env); v != "" {
 			if serr := fs.Set(f.Name, v); serr != nil {
-				err = usageErrorf("%s: %v", env, serr)
+				err = envError(env, v, f, serr)
 			}
 		}
 	})
+	return positional, err
+}
+
+// parseArgs is parseFlags for a command that takes no positional
+// arguments.
+func parseArgs(fs *flag.FlagSet, args []string, getenv func(string) string, cmd string) error {
+	positional, err := parseFlags(fs, args, getenv)
+	if err == nil && len(positional) > 0 {
+		err = usageErrorf("%s: unexpected argument %q: it takes only flags (kpd %s -h lists them)", cmd, positional[0], cmd)
+	}
 	return err
+}
+
+// envError explains why the value v of the environment variable env does
+// not suit flag f. The standard library's flag types say only "parse
+// error", so for them it says what they accept; kpd's own types say it
+// themselves, naming the value (which a string flag, perhaps a secret,
+// never gets here).
+func envError(env, v string, f *flag.Flag, err error) error {
+	if g, ok := f.Value.(flag.Getter); ok {
+		switch g.Get().(type) {
+		case bool:
+			return usageErrorf("%s=%q: want true or false (or 1 or 0)", env, v)
+		case int, int64, uint, uint64:
+			return usageErrorf("%s=%q: want a whole number", env, v)
+		case float64:
+			return usageErrorf("%s=%q: want a number", env, v)
+		}
+	}
+	return usageErrorf("%s: %v", env, err)
+}
+
+// checkURL refuses a --url that is not an http or https URL with a host,
+// which the HTTP client would refuse with a puzzling message. The URL is
+// not shown: its user info may hold a credential.
+func checkURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return usageErrorf("--url: want the server's base URL with http:// or https:// and a host, e.g. http://127.0.0.1:8080")
+	}
+	return nil
 }
 
 // envName returns the environment variable that backs a flag.
@@ -86,15 +142,37 @@ func parseDuration(s string) (time.Duration, error) {
 	if days, ok := strings.CutSuffix(s, "d"); ok {
 		n, err := strconv.ParseFloat(days, 64)
 		if err != nil || n < 0 {
-			return 0, fmt.Errorf("invalid duration %q", s)
+			return 0, invalidDuration(s)
 		}
 		return time.Duration(n * float64(24*time.Hour)), nil
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil || v < 0 {
-		return 0, fmt.Errorf("invalid duration %q", s)
+		return 0, invalidDuration(s)
 	}
 	return v, nil
+}
+
+func invalidDuration(s string) error {
+	return fmt.Errorf("invalid duration %q: want one such as 90s, 15m, 36h or 90d, or a number of seconds", s)
+}
+
+// atLeast1 refuses a count flag below 1: a zero would otherwise stand for
+// the default.
+func atLeast1(name string, n int) error {
+	if n < 1 {
+		return usageErrorf("--%s %d: want at least 1", name, n)
+	}
+	return nil
+}
+
+// positive refuses a duration flag of 0, which would otherwise stand for
+// the default.
+func positive(name string, d time.Duration) error {
+	if d <= 0 {
+		return usageErrorf("--%s %s: want more than 0, such as 1s, 5m or 30d", name, formatDuration(d))
+	}
+	return nil
 }
 
 func formatDuration(d time.Duration) string {

@@ -14,22 +14,37 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-
+	ctx, abort := signalContexts()
 	m := NewMain()
 	err := m.Run(ctx, os.Args[1:])
 	if err == nil {
 		err = m.Wait(ctx)
 	}
-	if cerr := m.Close(); err == nil {
+	if cerr := m.Shutdown(abort); err == nil {
 		err = cerr
 	}
 	code := exitCode(err)
-	if code != 0 {
+	if code != 0 && !errors.As(err, new(loggedError)) {
 		fmt.Fprintln(os.Stderr, "kpd:", err)
 	}
 	os.Exit(code)
+}
+
+// signalContexts returns a context that is done at the first SIGINT or
+// SIGTERM, which starts the shutdown, and one that is done at the second,
+// which cuts the shutdown's wait for requests in flight short.
+func signalContexts() (first, second context.Context) {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	first, cancelFirst := context.WithCancel(context.Background())
+	second, cancelSecond := context.WithCancel(context.Background())
+	go func() {
+		<-sigs
+		cancelFirst()
+		<-sigs
+		cancelSecond()
+	}()
+	return first, second
 }
 
 // exitCode maps Run's error to the process exit status: 0 success, 1 a

@@ -179,7 +179,7 @@ func TestTokenLifecycle(t *testing.T) {
 	env := map[string]string{"KPD_DB": dbPath}
 
 	create, stdout, _ := newMain(env, fx.now)
-	if err := create.Run(ctx, []string{"token", "create", "--did", aliceDID, "--label", "laptop"}); err != nil {
+	if err := create.Run(ctx, []string{"token", "create", "--create-db", "--did", aliceDID, "--label", "laptop"}); err != nil {
 		t.Fatal(err)
 	}
 	token := strings.TrimSpace(stdout.String())
@@ -306,12 +306,47 @@ func TestServeMigratesSchema3(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
-	m, stdout, _ := newMain(nil, time.Now())
-	if err := m.Run(context.Background(), []string{"version"}); err != nil {
-		t.Fatal(err)
+	for _, arg := range []string{"version", "--version", "-version"} {
+		m, stdout, _ := newMain(nil, time.Now())
+		if err := m.Run(context.Background(), []string{arg}); err != nil {
+			t.Fatalf("kpd %s: %v", arg, err)
+		}
+		if !strings.HasPrefix(stdout.String(), "kpd ") {
+			t.Errorf("kpd %s output = %q", arg, stdout)
+		}
 	}
-	if !strings.HasPrefix(stdout.String(), "kpd ") {
-		t.Errorf("version output = %q", stdout)
+}
+
+// A bad value of a KPD_* variable says what the flag accepts.
+func TestEnvironmentValueErrors(t *testing.T) {
+	for env, want := range map[string]string{
+		"KPD_IDENTITY_CHECK":  `KPD_IDENTITY_CHECK="no": want true or false`,
+		"KPD_ALLOW_X509":      `KPD_ALLOW_X509="no": want true or false`,
+		"KPD_MAX_DEVICES":     `KPD_MAX_DEVICES="no": want a whole number`,
+		"KPD_CLAIM_RETENTION": `KPD_CLAIM_RETENTION: invalid duration "no": want one such as`,
+	} {
+		m, _, _ := newMain(map[string]string{env: "no"}, time.Now())
+		err := m.Run(context.Background(), []string{"serve", "--db", filepath.Join(t.TempDir(), "env.db"), "--listen", "127.0.0.1:0"})
+		m.Close()
+		if exitCode(err) != 2 || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s=no: err = %v, want exit status 2 and %q", env, err, want)
+		}
+	}
+}
+
+// An error of opening a database names its file once.
+func TestDatabaseErrorNamesFileOnce(t *testing.T) {
+	dir := t.TempDir() // a directory, not a database file
+	for _, args := range [][]string{
+		{"token", "list", "--db", dir},
+		{"serve", "--db", dir, "--listen", "127.0.0.1:0", "--auth", "dev"},
+	} {
+		m, _, _ := newMain(nil, time.Now())
+		err := m.Run(context.Background(), args)
+		m.Close()
+		if exitCode(err) != 1 || strings.Count(err.Error(), dir) != 1 {
+			t.Errorf("kpd %v: err = %v, want one naming %s once", args, err, dir)
+		}
 	}
 }
 

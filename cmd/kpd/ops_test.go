@@ -133,10 +133,12 @@ func TestServeOperations(t *testing.T) {
 	}
 	fx.postWelcome(t, ctx, bob)
 
-	// The claim emptied dev1's pool; the Welcome awaits it.
-	waitFor(t, "two webhook events", func() bool { return len(sink.types()) >= 2 })
-	if got := strings.Join(sink.types(), " "); got != kpd.EventKeyPackagesExhausted+" "+kpd.EventWelcomePending {
-		t.Fatalf("events %s, want %s then %s", got, kpd.EventKeyPackagesExhausted, kpd.EventWelcomePending)
+	// The claim took dev1's pool below the watermark and emptied it; the
+	// Welcome awaits it.
+	waitFor(t, "three webhook events", func() bool { return len(sink.types()) >= 3 })
+	want := strings.Join([]string{kpd.EventKeyPackagesLow, kpd.EventKeyPackagesExhausted, kpd.EventWelcomePending}, " ")
+	if got := strings.Join(sink.types(), " "); got != want {
+		t.Fatalf("events %s, want %s", got, want)
 	}
 
 	// Metrics: on --metrics-addr, not on the API listener.
@@ -145,7 +147,7 @@ func TestServeOperations(t *testing.T) {
 	}
 	waitFor(t, "the deliveries to be counted and the outbox emptied", func() bool {
 		_, body := httpGet(t, "http://"+m.MetricsAddr()+"/metrics", "")
-		return strings.Contains(body, `kpd_webhook_deliveries_total{outcome="delivered"} 2`) &&
+		return strings.Contains(body, `kpd_webhook_deliveries_total{outcome="delivered"} 3`) &&
 			strings.Contains(body, "kpd_webhook_pending_events 0")
 	})
 	_, body := httpGet(t, "http://"+m.MetricsAddr()+"/metrics", "")

@@ -63,13 +63,13 @@ usage:
   kpd token create --did DID  create an API token (printed once)
   kpd token list              list tokens (ids, DIDs, creation times)
   kpd token revoke ID         revoke a token
-                              (token commands: on a running server with --url and its admin token)
+                              (on a running server with --url and its admin token; kpd token -h)
   kpd verify --db FILE        check every store invariant (exit 1 on a violation)
   kpd backup -o FILE          snapshot a running server (--url) or a database file (--db)
   kpd restore --from FILE     verify a snapshot and replace the database (--db) with it
   kpd compact [--db FILE]     rewrite a database file to reclaim free space
   kpd bench [flags]           load generator: throughput and latency (kpd bench -h)
-  kpd version                 print the version
+  kpd version                 print the version (also kpd --version)
 `
 
 // Run executes the command named by args[0].
@@ -97,7 +97,7 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		return m.compact(ctx, rest)
 	case "bench":
 		return m.bench(ctx, rest)
-	case "version":
+	case "version", "-version", "--version":
 		fmt.Fprintln(m.Stdout, "kpd", versionString())
 		return nil
 	case "help", "-h", "--help":
@@ -134,28 +134,42 @@ func (m *Main) Wait(ctx context.Context) error {
 	}
 	select {
 	case <-ctx.Done():
-		m.logger.Info().Msg("shutting down")
+		m.logger.Info().Str("shutdown_timeout", formatDuration(m.shutdownTimeout)).
+			Msg("shutting down: waiting for the requests in flight (a second SIGINT or SIGTERM stops at once)")
 		return nil
 	case err := <-m.served:
 		m.served = nil
-		return err
+		if err != nil {
+			m.logger.Error().Err(err).Msg("server stopped")
+			return loggedError{err}
+		}
+		return nil
 	}
 }
+
+// loggedError is an error that kpd serve has written to its log already;
+// main exits with status 1 without printing it again.
+type loggedError struct{ error }
+
+func (e loggedError) Unwrap() error { return e.error }
 
 // Close stops the server gracefully (in-flight requests may finish within the
 // shutdown timeout; waiting long-polls end at once), stops the background
 // jobs and closes the database. It is safe to call more than once.
 func (m *Main) Close() error {
+	return m.Shutdown(context.Background())
+}
+
+// Shutdown is Close, cut short when ctx is done (kpd serve's second SIGINT
+// or SIGTERM): the connections of the requests still in flight are then
+// closed at once, as they are when the shutdown timeout passes. How a
+// drain that was cut short ended is logged.
+func (m *Main) Shutdown(ctx context.Context) error {
 	var errs []error
 	for _, srv := range []*http.Server{m.srv, m.metricsSrv} {
-		if srv == nil {
-			continue
+		if srv != nil {
+			errs = append(errs, m.drain(ctx, srv))
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), m.shutdownTimeout)
-		if err := srv.Shutdown(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("shutdown: %w", err))
-		}
-		cancel()
 	}
 	m.srv, m.metricsSrv = nil, nil
 	for _, stop := range m.stopJobs {
@@ -169,6 +183,31 @@ func (m *Main) Close() error {
 		m.db = nil
 	}
 	return errors.Join(errs...)
+}
+
+// drain shuts srv down: it stops accepting connections and waits for the
+// requests in flight, for the shutdown timeout or until ctx is done, then
+// closes the connections left.
+func (m *Main) drain(ctx context.Context, srv *http.Server) error {
+	timeout, cancel := context.WithTimeout(ctx, m.shutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(timeout)
+	if err == nil {
+		return nil
+	}
+	srv.Close()
+	switch {
+	case ctx.Err() != nil:
+		m.logger.Error().Msg("shutdown cut short by a second signal: closed the connections of the requests in flight")
+		return loggedError{errors.New("shutdown cut short by a second signal")}
+	case errors.Is(err, context.DeadlineExceeded):
+		d := formatDuration(m.shutdownTimeout)
+		m.logger.Error().Str("shutdown_timeout", d).
+			Msg("requests still in flight after --shutdown-timeout: closed their connections; raise --shutdown-timeout to let them finish")
+		return loggedError{fmt.Errorf("shutdown: requests still in flight after --shutdown-timeout %s", d)}
+	default:
+		return fmt.Errorf("shutdown: %w", err)
+	}
 }
 
 // startJob runs job in the background until Close, which cancels its

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -83,33 +85,33 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.authMode, "auth", "token", "authentication `mode`: token, atproto, proxy, or dev (dev: Bearer <did>, loopback only)")
 	fs.StringVar(&c.serviceDID, "service-did", "", "kpd's own `DID`, the audience of AT Protocol service tokens (required with --auth atproto)")
 	fs.StringVar(&c.plcURL, "plc-url", atproto.DefaultPLCURL, "PLC directory `URL` for resolving did:plc")
-	durationVar(fs, &c.maxTokenAge, "max-token-age", atproto.DefaultMaxTokenAge, "how far ahead an AT Protocol service token's exp may be")
+	durationVar(fs, &c.maxTokenAge, "max-token-age", atproto.DefaultMaxTokenAge, "how far ahead an AT Protocol service token's exp may be (more than 0)")
 	fs.Var(&c.trustedProxy, "trusted-proxy", "`CIDR` or IP allowed to set Kpd-Authenticated-Did with --auth proxy (repeatable; default loopback)")
 	fs.StringVar(&c.publishLimit, "publish-limit", "1000/h", "KeyPackages one DID may publish: `RATE` as N/s, N/m or N/h, with an optional :BURST; off disables")
 	fs.StringVar(&c.claimPairLimit, "claim-pair-limit", "10/m:20", "claims by one claimer of one target DID (RATE, see --publish-limit)")
 	fs.StringVar(&c.claimLimit, "claim-limit", "10/s:200", "target DIDs one claimer may claim (RATE, see --publish-limit)")
 	fs.Var(&c.suites, "suite", "extra cipher suite `ID=HASH:SIG`, e.g. 0x0053=sha512:ed25519 (repeatable; comma-separated in the environment)")
 	durationVar(fs, &c.maxLifetime, "max-key-package-lifetime", 90*24*time.Hour, "longest accepted KeyPackage lifetime from now (0 = unlimited)")
-	durationVar(fs, &c.clockSkew, "clock-skew", time.Hour, "how far in the future a KeyPackage's not_before may be")
+	durationVar(fs, &c.clockSkew, "clock-skew", time.Hour, "how far in the future a KeyPackage's not_before may be (0 = not at all)")
 	fs.BoolVar(&c.identityCheck, "identity-check", true, "require each credential to name the publishing DID (false only for test vectors)")
 	fs.BoolVar(&c.allowX509, "allow-x509", false, "accept x509 credentials (their identity is not checked against the DID)")
 	c.lowWatermark = kv.DefaultLowWatermark
 	fs.Var(&c.lowWatermark, "low-watermark", "`count` of available KeyPackages per device and suite at or below which a device should replenish (a key_packages.low event); off (or 0) turns the low events off")
-	fs.IntVar(&c.maxAvailable, "max-available", 200, "available KeyPackages per device and suite")
-	fs.IntVar(&c.maxDevices, "max-devices", 20, "devices per DID")
-	durationVar(fs, &c.claimRetention, "claim-retention", 30*24*time.Hour, "how long a claimed KeyPackage waits for its Welcome")
+	fs.IntVar(&c.maxAvailable, "max-available", 200, "available KeyPackages per device and suite (at least 1)")
+	fs.IntVar(&c.maxDevices, "max-devices", 20, "devices per DID (at least 1)")
+	durationVar(fs, &c.claimRetention, "claim-retention", 30*24*time.Hour, "how long a claimed KeyPackage waits for its Welcome (more than 0)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
-	durationVar(fs, &c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight requests")
+	durationVar(fs, &c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGINT or SIGTERM waits for in-flight requests (0 = not at all); a second signal stops at once")
 	c.admin.register(fs, "bearer `token` of the admin routes (/v1/admin/backup, /v1/admin/stats, /v1/admin/tokens), at least 16 characters; without one they are off")
 	c.backups.register(fs)
-	durationVar(fs, &c.consumedRetention, "consumed-retention", kv.DefaultConsumedRetention, "how long the metadata of consumed KeyPackages, finished deliveries and their Welcomes is kept")
-	durationVar(fs, &c.welcomeRetention, "welcome-retention", kv.DefaultWelcomeRetention, "how long a Welcome waits for its device before its delivery expires")
-	durationVar(fs, &c.sweepInterval, "sweep-interval", jobs.DefaultSweepInterval, "time between sweeps of expired KeyPackages and of records past their retention")
-	fs.IntVar(&c.maxWaiters, "max-waiters", httpapi.DefaultMaxWaiters, "Welcome listings that may wait (?wait=) at once; beyond, 503")
-	fs.IntVar(&c.maxWaitersPerDID, "max-waiters-per-did", httpapi.DefaultMaxWaitersPerDID, "Welcome listings of one DID that may wait at once; beyond, 503")
+	durationVar(fs, &c.consumedRetention, "consumed-retention", kv.DefaultConsumedRetention, "how long the metadata of consumed KeyPackages, finished deliveries and their Welcomes is kept (more than 0)")
+	durationVar(fs, &c.welcomeRetention, "welcome-retention", kv.DefaultWelcomeRetention, "how long a Welcome waits for its device before its delivery expires (more than 0)")
+	durationVar(fs, &c.sweepInterval, "sweep-interval", jobs.DefaultSweepInterval, "time between sweeps of expired KeyPackages and of records past their retention (at least 1s)")
+	fs.IntVar(&c.maxWaiters, "max-waiters", httpapi.DefaultMaxWaiters, "Welcome listings that may wait (?wait=) at once (at least 1); beyond, 503")
+	fs.IntVar(&c.maxWaitersPerDID, "max-waiters-per-did", httpapi.DefaultMaxWaitersPerDID, "Welcome listings of one DID that may wait at once (at least 1); beyond, 503")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve GET /metrics on this `address` only, instead of on --listen")
 	c.webhook.register(fs)
-	fs.IntVar(&c.maxOutbox, "max-outbox", kv.DefaultMaxOutbox, "undelivered webhook events kept; beyond, the oldest are dropped")
+	fs.IntVar(&c.maxOutbox, "max-outbox", kv.DefaultMaxOutbox, "undelivered webhook events kept (at least 1); beyond, the oldest are dropped")
 	sizeVar(fs, &c.maxBody, "max-body-size", 8<<20, "largest request body (`size`, e.g. 8MiB); beyond, 413")
 	sizeVar(fs, &c.maxKeyPackage, "max-key-package-size", 64<<10, "largest published KeyPackage (`size`); beyond, the item is PayloadTooLarge")
 	sizeVar(fs, &c.maxWelcome, "max-welcome-size", 4<<20, "largest posted Welcome (`size`); beyond, 413")
@@ -129,10 +131,11 @@ func (c *serveConfig) limits() (httpapi.Limits, error) {
 	}{
 		{"max-body-size", c.maxBody}, {"max-key-package-size", c.maxKeyPackage}, {"max-welcome-size", c.maxWelcome},
 		{"max-welcome-members", c.maxWelcomeMembers}, {"max-publish-batch", c.maxPublishBatch}, {"max-claim-targets", c.maxClaimTargets},
-		{"max-claim-devices", c.maxClaimDevices}, {"max-refs", c.maxRefs}, {"max-waiters-per-did", c.maxWaitersPerDID},
+		{"max-claim-devices", c.maxClaimDevices}, {"max-refs", c.maxRefs},
+		{"max-waiters", c.maxWaiters}, {"max-waiters-per-did", c.maxWaitersPerDID},
 	} {
-		if l.n < 1 {
-			return httpapi.Limits{}, usageErrorf("--%s %d: want at least 1", l.name, l.n)
+		if err := atLeast1(l.name, l.n); err != nil {
+			return httpapi.Limits{}, err
 		}
 	}
 	if c.maxWelcomeMembers > kv.MaxWelcomeRefs {
@@ -159,10 +162,20 @@ func (c *serveConfig) limits() (httpapi.Limits, error) {
 }
 
 // storeOptions returns the store options of the flags, with the given
-// clock and observer, writing events when outbox is set.
+// clock and observer, writing events when outbox is set. A count or
+// duration of 0, which kv would take for its default, is refused.
 func (c *serveConfig) storeOptions(clock kpd.Clock, observer kv.Observer, outbox bool) (*kv.Options, error) {
-	if c.maxOutbox < 1 {
-		return nil, usageErrorf("--max-outbox %d: want at least 1", c.maxOutbox)
+	for _, err := range []error{
+		atLeast1("max-available", c.maxAvailable),
+		atLeast1("max-devices", c.maxDevices),
+		atLeast1("max-outbox", c.maxOutbox),
+		positive("claim-retention", c.claimRetention),
+		positive("consumed-retention", c.consumedRetention),
+		positive("welcome-retention", c.welcomeRetention),
+	} {
+		if err != nil {
+			return nil, err
+		}
 	}
 	return &kv.Options{
 		Clock:                clock,
@@ -204,17 +217,14 @@ func (w *watermarkValue) Set(s string) error {
 	return nil
 }
 
-// serve opens the database, binds the listener and starts serving in the
+// serve binds the listeners, opens the database and starts serving in the
 // background. Bind and open errors are returned here, at start.
-func (m *Main) serve(ctx context.Context, args []string) error {
+func (m *Main) serve(ctx context.Context, args []string) (err error) {
 	var c serveConfig
 	fs := newFlagSet("serve", m.Stderr, "serve [flags]")
 	c.register(fs)
-	if err := parseFlags(fs, args, m.Getenv); err != nil {
+	if err := parseArgs(fs, args, m.Getenv, "serve"); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return usageErrorf("serve: unexpected argument %q", fs.Arg(0))
 	}
 	logger, err := m.newLogger(c.logLevel)
 	if err != nil {
@@ -252,6 +262,9 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 	if c.sweepInterval < time.Second {
 		return usageErrorf("--sweep-interval %s: want at least 1s", c.sweepInterval)
 	}
+	if err := positive("max-token-age", c.maxTokenAge); err != nil {
+		return err
+	}
 	limits, err := c.limits()
 	if err != nil {
 		return err
@@ -273,7 +286,25 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 	storeOpts.MigrationProgress = func(done, total int) {
 		logger.Info().Int("done", done).Int("total", total).Msg("migrating KeyPackages to schema 4")
 	}
-	db, err := kv.Open(c.db, storeOpts)
+	if err := dirMustExist("--db", c.db); err != nil {
+		return err
+	}
+
+	// Bound before the database is opened, so that an address in use
+	// stops the start before a database file is created or migrated.
+	ln, err := listen("--listen", c.listen)
+	if err != nil {
+		return err
+	}
+	defer closeOnError(&err, ln)
+	var metricsLn net.Listener
+	if c.metricsAddr != "" {
+		if metricsLn, err = listen("--metrics-addr", c.metricsAddr); err != nil {
+			return err
+		}
+		defer closeOnError(&err, metricsLn)
+	}
+	db, err := openDB(c.db, storeOpts)
 	if err != nil {
 		return err
 	}
@@ -287,14 +318,10 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 	}
 
 	var metricsHandler http.Handler
-	if c.metricsAddr == "" {
+	if metricsLn == nil {
 		metricsHandler = met.Handler()
-	} else if err := m.serveMetrics(c.metricsAddr, met.Handler(), logger); err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", c.listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+	} else {
+		m.serveMetrics(metricsLn, met.Handler(), logger)
 	}
 	m.ln = ln
 
@@ -328,8 +355,7 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 	// The admin routes have their own token. A snapshot is staged beside
 	// the database, on its file system rather than a /tmp that may live
 	// in memory.
-	mux := http.NewServeMux()
-	mux.Handle("/v1/admin/", httpapi.NewAdmin(httpapi.AdminConfig{
+	admin := httpapi.NewAdmin(httpapi.AdminConfig{
 		Token:      adminToken,
 		Snapshots:  db,
 		SpoolDir:   filepath.Dir(c.db),
@@ -340,9 +366,8 @@ func (m *Main) serve(ctx context.Context, args []string) error {
 		BackupSent: backups.sent,
 		Tokens:     db,
 		Clock:      m.Clock,
-	}))
-	mux.Handle("/", handler)
-	m.srv = httpapi.NewServer(mux)
+	})
+	m.srv = httpapi.NewServer(httpapi.WithAdmin(handler, admin))
 	m.srv.ErrorLog = newStdLogger(logger)
 	m.srv.BaseContext = func(net.Listener) context.Context { return context.WithoutCancel(ctx) }
 	m.srv.RegisterOnShutdown(sync.OnceFunc(func() { close(shuttingDown) }))
@@ -604,13 +629,29 @@ func (o wakingObserver) CommitBatch(ops int, d time.Duration) {
 	o.wake()
 }
 
-// serveMetrics serves h at GET /metrics on its own listener at addr, until
-// Close.
-func (m *Main) serveMetrics(addr string, h http.Handler, logger zerolog.Logger) error {
+// listen binds addr, the value of flagName; its error names the flag.
+func listen(flagName, addr string) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listen on --metrics-addr: %w", err)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("listen on %s: %w; stop the process that uses this address, or give %s another one", flagName, err, flagName)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", flagName, err)
+	}
+	return ln, nil
+}
+
+// closeOnError closes c when *err is set: for a resource that serve hands
+// over to Main only once the whole start succeeded.
+func closeOnError(err *error, c io.Closer) {
+	if *err != nil {
+		c.Close()
+	}
+}
+
+// serveMetrics serves h at GET /metrics on its own listener ln, until
+// Close.
+func (m *Main) serveMetrics(ln net.Listener, h http.Handler, logger zerolog.Logger) {
 	mux := http.NewServeMux()
 	mux.Handle("GET "+httpapi.MetricsPath, h)
 	srv := &http.Server{
@@ -627,7 +668,6 @@ func (m *Main) serveMetrics(addr string, h http.Handler, logger zerolog.Logger) 
 			logger.Error().Err(err).Msg("metrics listener stopped")
 		}
 	}()
-	return nil
 }
 
 // lastBackup is the time of the newest backup of a running server: a

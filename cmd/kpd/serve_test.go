@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -56,7 +58,7 @@ func serveConfigOf(t *testing.T, args []string, env map[string]string) *serveCon
 	var c serveConfig
 	fs := newFlagSet("serve", io.Discard, "serve [flags]")
 	c.register(fs)
-	if err := parseFlags(fs, args, func(k string) string { return env[k] }); err != nil {
+	if _, err := parseFlags(fs, args, func(k string) string { return env[k] }); err != nil {
 		t.Fatalf("flags %v, environment %v: %v", args, env, err)
 	}
 	return &c
@@ -280,4 +282,106 @@ func wantClientCode(t *testing.T, err error, code kpd.Code, detail string) *clie
 		t.Fatalf("err = %v, want %s with %q", err, code, detail)
 	}
 	return e
+}
+
+// A zero or negative limit is refused, not taken for the default; the
+// flags whose 0 means something keep that meaning.
+func TestServeRefusesZeroLimits(t *testing.T) {
+	fx := loadFixture(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		flag, value, want string
+	}{
+		{"--max-available", "0", "--max-available 0: want at least 1"},
+		{"--max-available", "-3", "--max-available -3: want at least 1"},
+		{"--max-devices", "0", "--max-devices 0: want at least 1"},
+		{"--max-waiters", "0", "--max-waiters 0: want at least 1"},
+		{"--max-waiters-per-did", "-1", "--max-waiters-per-did -1: want at least 1"},
+		{"--claim-retention", "0", "--claim-retention 0s: want more than 0"},
+		{"--consumed-retention", "0d", "--consumed-retention 0s: want more than 0"},
+		{"--welcome-retention", "0", "--welcome-retention 0s: want more than 0"},
+		{"--max-token-age", "0", "--max-token-age 0s: want more than 0"},
+	} {
+		dbPath := filepath.Join(dir, "zero.db")
+		for _, env := range []map[string]string{nil, {envName(strings.TrimPrefix(tc.flag, "--")): tc.value}} {
+			args := []string{"serve", "--db", dbPath, "--listen", "127.0.0.1:0", "--auth", "dev"}
+			if env == nil {
+				args = append(args, tc.flag, tc.value)
+			}
+			m, _, _ := newMain(env, fx.now)
+			err := m.Run(ctx, args)
+			m.Close()
+			if exitCode(err) != 2 || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("serve %s %s (environment %v): err = %v, want exit status 2 and %q", tc.flag, tc.value, env, err, tc.want)
+			}
+		}
+		if _, err := os.Stat(dbPath); err == nil {
+			t.Fatalf("serve %s %s created the database", tc.flag, tc.value)
+		}
+	}
+	m, _, _ := newMain(nil, fx.now)
+	startServe(t, m, "--db", filepath.Join(dir, "zeros.db"), "--listen", "127.0.0.1:0", "--auth", "dev",
+		"--max-key-package-lifetime", "0", "--clock-skew", "0", "--webhook-max-age", "0", "--low-watermark", "0", "--mmap-size", "0")
+}
+
+// An address in use stops kpd serve with an error naming the flag, before
+// it creates the database.
+func TestServeListenInUse(t *testing.T) {
+	fx := loadFixture(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		flag string
+		args []string
+	}{
+		{"--listen", []string{"--listen", busy.Addr().String()}},
+		{"--metrics-addr", []string{"--listen", "127.0.0.1:0", "--metrics-addr", busy.Addr().String()}},
+	} {
+		dbPath := filepath.Join(dir, "new.db")
+		m, _, _ := newMain(nil, fx.now)
+		err := m.Run(context.Background(), append([]string{"serve", "--db", dbPath, "--auth", "dev"}, tc.args...))
+		if cerr := m.Close(); cerr != nil {
+			t.Error(cerr)
+		}
+		if exitCode(err) != 1 || !strings.Contains(err.Error(), "listen on "+tc.flag+": ") || !strings.Contains(err.Error(), "give "+tc.flag+" another") {
+			t.Errorf("serve %v on an address in use: err = %v, want one naming %s", tc.args, err, tc.flag)
+		}
+		if _, err := os.Stat(dbPath); err == nil {
+			t.Errorf("serve %v on an address in use left %s behind", tc.args, dbPath)
+		}
+	}
+	// The listeners of a start that failed later are closed.
+	held, err := kv.Open(filepath.Join(dir, "held.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	m, _, _ := newMain(nil, fx.now)
+	addr := freeAddr(t)
+	err = m.Run(context.Background(), []string{"serve", "--db", filepath.Join(dir, "held.db"), "--auth", "dev", "--listen", addr})
+	m.Close()
+	if !errors.Is(err, kv.ErrInUse) {
+		t.Fatalf("serve on a held database: %v, want kv.ErrInUse", err)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("the listener of a failed start is still open: %v", err)
+	}
+	ln.Close()
+}
+
+// freeAddr returns a loopback address with a port that is free now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }

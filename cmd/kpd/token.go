@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -30,56 +31,99 @@ type tokenStore interface {
 	revoke(ctx context.Context, id string) error
 }
 
+// tokenSynopses are the usage lines of the token subcommands.
+var tokenSynopses = map[string]string{
+	"create": "token create --did DID [--label NOTE] (--url URL --admin-token-file FILE | --db FILE [--create-db])",
+	"list":   "token list [--did DID] (--url URL --admin-token-file FILE | --db FILE)",
+	"revoke": "token revoke ID (--url URL --admin-token-file FILE | --db FILE)",
+}
+
+// tokenUsage is the help of `kpd token`.
+var tokenUsage = "usage:\n" +
+	"  kpd " + tokenSynopses["create"] + "\n" +
+	"  kpd " + tokenSynopses["list"] + "\n" +
+	"  kpd " + tokenSynopses["revoke"] + "\n\n" +
+	"With --url the commands manage the tokens of a running server through its\n" +
+	"admin routes; with --db they open a database file that no server has open.\n" +
+	"kpd token SUBCOMMAND -h lists the flags.\n"
+
 // token runs `kpd token create|list|revoke`. With --url the commands call
 // the admin routes of a running server; without it they open the database
 // file, which a running server holds locked: they then fail with a clear
 // message while `kpd serve` runs on the same file.
 func (m *Main) token(ctx context.Context, args []string) error {
 	if len(args) == 0 {
+		fmt.Fprint(m.Stderr, tokenUsage)
 		return usageErrorf("token: want create, list or revoke")
 	}
 	sub, args := args[0], args[1:]
-	fs := newFlagSet("token "+sub, m.Stderr, "token "+sub+" [--url URL --admin-token-file FILE | --db FILE] [flags]")
-	dbPath := fs.String("db", "kpd.db", "database `file` when no --url is given (it must not be in use)")
-	baseURL := fs.String("url", "", "base `URL` of a running kpd whose admin routes manage the tokens")
+	synopsis, ok := tokenSynopses[sub]
+	switch {
+	case sub == "-h" || sub == "-help" || sub == "--help" || sub == "help":
+		fmt.Fprint(m.Stdout, tokenUsage)
+		return nil
+	case !ok:
+		fmt.Fprint(m.Stderr, tokenUsage)
+		return usageErrorf("token: unknown subcommand %q: want create, list or revoke", sub)
+	}
+	fs := newFlagSet("token "+sub, m.Stderr, synopsis)
+	dbPath := fs.String("db", "kpd.db", "database `file` when no --url is given (it must exist and not be in use)")
+	baseURL := fs.String("url", "", "base `URL` of a running kpd whose admin routes manage the tokens, e.g. http://127.0.0.1:8080")
 	var admin adminTokenFlags
 	admin.register(fs, "the server's admin `token`, with --url")
 	var did, label string
+	var createDB bool
 	switch sub {
 	case "create":
 		fs.StringVar(&did, "did", "", "the `DID` the token authenticates (required)")
-		fs.StringVar(&label, "label", "", "a note to recognise the token by in `kpd token list`")
+		fs.StringVar(&label, "label", "", "a `note` to recognise the token by (kpd token list shows it)")
+		fs.BoolVar(&createDB, "create-db", false, "create --db if it does not exist (for the first tokens, before the first kpd serve)")
 	case "list":
 		fs.StringVar(&did, "did", "", "list only this `DID`'s tokens")
-	case "revoke":
-	default:
-		return usageErrorf("token: unknown subcommand %q: want create, list or revoke", sub)
 	}
-	if err := parseFlags(fs, args, m.Getenv); err != nil {
+	positional, err := parseFlags(fs, args, m.Getenv)
+	if err != nil {
 		return err
 	}
-	want := 0
-	if sub == "revoke" {
-		want = 1
-	}
-	if fs.NArg() != want {
-		return usageErrorf("token %s: want %d argument(s), got %d", sub, want, fs.NArg())
+	var id string
+	switch {
+	case sub == "revoke" && len(positional) != 1:
+		return usageErrorf("token revoke: want one token ID (as kpd token list shows it), got %d arguments", len(positional))
+	case sub == "revoke":
+		id = positional[0]
+	case len(positional) > 0:
+		return usageErrorf("token %s: unexpected argument %q: it takes only flags (kpd token %s -h lists them)", sub, positional[0], sub)
 	}
 	if sub == "create" && !kpd.ValidDID(did) {
 		return usageErrorf("token create: --did %q is not a DID (did:<method>:<id>)", did)
 	}
 
 	var store tokenStore
+	var where string // the database or server, for the output
 	if *baseURL != "" {
+		if err := checkURL(*baseURL); err != nil {
+			return err
+		}
 		tok, err := admin.required("token " + sub)
 		if err != nil {
 			return err
 		}
 		a := newAdminTokens(*baseURL, tok)
 		defer a.hc.CloseIdleConnections()
-		store = a
+		store, where = a, "on the server at "+*baseURL
 	} else {
-		db, err := kv.Open(*dbPath, &kv.Options{Clock: m.Clock})
+		where = "in " + *dbPath
+		if createDB {
+			if err := dirMustExist("--db", *dbPath); err != nil {
+				return err
+			}
+		} else if err := mustExist("--db", *dbPath, tokenDBHint(sub)); err != nil {
+			return err
+		}
+		db, err := openDB(*dbPath, &kv.Options{Clock: m.Clock})
+		if errors.Is(err, kv.ErrInUse) {
+			return fmt.Errorf("%w; while kpd serve runs on it, manage its tokens with --url URL and --admin-token-file FILE (or KPD_ADMIN_TOKEN)", err)
+		}
 		if err != nil {
 			return err
 		}
@@ -93,7 +137,7 @@ func (m *Main) token(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(m.Stderr, "token %s for %s created; it is shown only once:\n", t.ID, t.DID)
+		fmt.Fprintf(m.Stderr, "token %s for %s created %s; it is shown only once:\n", t.ID, t.DID, where)
 		fmt.Fprintln(m.Stdout, tok)
 	case "list":
 		toks, err := store.list(ctx, did)
@@ -107,12 +151,26 @@ func (m *Main) token(ctx context.Context, args []string) error {
 		}
 		return w.Flush()
 	case "revoke":
-		if err := store.revoke(ctx, fs.Arg(0)); err != nil {
+		err := store.revoke(ctx, id)
+		if kpd.ErrorCode(err) == kpd.CodeNotFound {
+			return fmt.Errorf("%w (kpd token list shows the token IDs)", err)
+		}
+		if err != nil {
 			return err
 		}
-		fmt.Fprintf(m.Stderr, "token %s revoked\n", fs.Arg(0))
+		fmt.Fprintf(m.Stderr, "token %s revoked %s\n", id, where)
 	}
 	return nil
+}
+
+// tokenDBHint says what to do when the --db of `kpd token sub` does not
+// exist.
+func tokenDBHint(sub string) string {
+	hint := "give --db (or KPD_DB) the server's database file, or --url to manage a running server's tokens"
+	if sub == "create" {
+		hint += "; to start a new database, add --create-db"
+	}
+	return hint
 }
 
 // localTokens manages the tokens in a database file.
@@ -182,7 +240,7 @@ func (a *adminTokens) create(ctx context.Context, did, label string) (string, kp
 	}
 	var out adminToken
 	if err := a.do(ctx, http.MethodPost, httpapi.AdminTokensPath, body, http.StatusCreated, &out); err != nil {
-		return "", kpd.Token{}, err
+		return "", kpd.Token{}, adminRoutesOff(a.base, err)
 	}
 	if out.Token == "" {
 		return "", kpd.Token{}, fmt.Errorf("POST %s%s: the answer has no token", a.base, httpapi.AdminTokensPath)
@@ -199,7 +257,7 @@ func (a *adminTokens) list(ctx context.Context, did string) ([]kpd.Token, error)
 		Tokens []adminToken `json:"tokens"`
 	}
 	if err := a.do(ctx, http.MethodGet, path, nil, http.StatusOK, &out); err != nil {
-		return nil, err
+		return nil, adminRoutesOff(a.base, err)
 	}
 	toks := make([]kpd.Token, len(out.Tokens))
 	for i, t := range out.Tokens {
@@ -209,7 +267,16 @@ func (a *adminTokens) list(ctx context.Context, did string) ([]kpd.Token, error)
 }
 
 func (a *adminTokens) revoke(ctx context.Context, id string) error {
-	return a.do(ctx, http.MethodDelete, httpapi.AdminTokensPath+"/"+url.PathEscape(id), nil, http.StatusNoContent, nil)
+	err := a.do(ctx, http.MethodDelete, httpapi.AdminTokensPath+"/"+url.PathEscape(id), nil, http.StatusNoContent, nil)
+	if kpd.ErrorCode(err) != kpd.CodeNotFound {
+		return err
+	}
+	// A server without admin routes answers 404 too; on one with them,
+	// the list route answers.
+	if _, lerr := a.list(ctx, ""); errors.Is(lerr, errAdminOff) {
+		return lerr
+	}
+	return err
 }
 
 // do sends one admin request with body (JSON, nil for none) and decodes

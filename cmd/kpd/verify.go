@@ -18,16 +18,19 @@ func (m *Main) verify(_ context.Context, args []string) error {
 	fs := newFlagSet("verify", m.Stderr, "verify [flags]")
 	dbPath := fs.String("db", "kpd.db", "database `file` (opened read-only)")
 	timeout := new(time.Duration)
-	durationVar(fs, timeout, "timeout", time.Second, "how long to wait for the file lock")
-	if err := parseFlags(fs, args, m.Getenv); err != nil {
+	durationVar(fs, timeout, "timeout", time.Second, "how long to wait for the file lock (more than 0)")
+	if err := parseArgs(fs, args, m.Getenv, "verify"); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return usageErrorf("verify: unexpected argument %q", fs.Arg(0))
+	if err := positive("timeout", *timeout); err != nil {
+		return err
+	}
+	if err := mustExist("--db", *dbPath, "give --db the database file to check"); err != nil {
+		return err
 	}
 	violations, err := kv.VerifyFile(*dbPath, *timeout)
 	if err != nil {
-		return err
+		return pathOnce(*dbPath, err)
 	}
 	for _, v := range violations {
 		fmt.Fprintln(m.Stdout, v.String())
