@@ -353,3 +353,20 @@ func TestWriteBatchSemantics(t *testing.T) {
 		return nil
 	})
 }
+
+// The store fsyncs every commit unless Options.NoSync says otherwise: the
+// crash test kills kpd serve with SIGKILL, which keeps the page cache, so
+// it cannot tell a missing fsync; this can.
+func TestOpenSyncsByDefault(t *testing.T) {
+	for _, o := range []*Options{nil, {}, {NoSync: true}} {
+		db, err := Open(filepath.Join(t.TempDir(), "kpd.db"), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := o != nil && o.NoSync
+		if db.bolt.NoSync != want {
+			t.Errorf("Open with %+v: bbolt NoSync %v, want %v", o, db.bolt.NoSync, want)
+		}
+		db.Close()
+	}
+}
