@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gorilla/mux"
 	"github.com/rs/zerolog"
 
 	"github.com/kpd-dir/kpd"
@@ -103,7 +102,7 @@ type AdminConfig struct {
 // 404 NotFound, saying how to turn them on. Errors are RFC 9457 problem
 // documents, as on every other route.
 func NewAdmin(cfg AdminConfig) http.Handler {
-	s := &server{log: cfg.Logger, metrics: cfg.Metrics, router: mux.NewRouter()}
+	s := &server{log: cfg.Logger, metrics: cfg.Metrics, router: newRouter()}
 	s.router.NotFoundHandler = http.HandlerFunc(s.notFound)
 	s.router.MethodNotAllowedHandler = http.HandlerFunc(s.methodNotAllowed)
 	if cfg.Token != "" {

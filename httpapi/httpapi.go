@@ -207,7 +207,7 @@ func New(cfg Config) http.Handler {
 		metrics:  cfg.Metrics,
 		waiters:  newWaiterLimit(cfg.MaxWaiters, cfg.MaxWaitersPerDID),
 		done:     cfg.Done,
-		router:   mux.NewRouter(),
+		router:   newRouter(),
 	}
 	s.router.NotFoundHandler = http.HandlerFunc(s.notFound)
 	s.router.MethodNotAllowedHandler = http.HandlerFunc(s.methodNotAllowed)
@@ -335,6 +335,11 @@ func NewServer(h http.Handler) *http.Server {
 		MaxHeaderBytes:    64 << 10,
 	}
 }
+
+// newRouter returns a router that matches paths as they come: gorilla/mux
+// would otherwise clean a path with an empty segment ("//") and answer it
+// 301 to the cleaned path, which may be another route.
+func newRouter() *mux.Router { return mux.NewRouter().SkipClean(true) }
 
 // WithAdmin serves the paths under AdminPrefix with admin and every other
 // path with api, as they come: unlike http.ServeMux it neither cleans

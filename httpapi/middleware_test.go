@@ -334,6 +334,14 @@ func TestDotSegments(t *testing.T) {
 	if n := strings.Count(s.logs.String(), `"status":400`); n != 5 {
 		t.Errorf("%d request lines with status 400 for the 5 API paths, want 5:\n%s", n, s.logs)
 	}
+	// An empty segment names no route either: 404, not a redirect to the
+	// cleaned path (which could be another route).
+	for _, path := range []string{"/v1/devices//key-packages", "/v1//devices", "/v1/admin//stats"} {
+		resp, body := send("GET", path, "")
+		if resp.StatusCode != http.StatusNotFound || resp.Header.Get("Content-Type") != "application/problem+json" {
+			t.Errorf("GET %s: %d %s %s, want a 404 problem", path, resp.StatusCode, resp.Header.Get("Location"), body)
+		}
+	}
 	// Dots within a name are fine.
 	if resp, body := send("POST", "/v1/devices/.../key-packages", publish); resp.StatusCode != http.StatusOK {
 		t.Errorf("publish to device ...: %d %s", resp.StatusCode, body)
