@@ -104,10 +104,15 @@ type Limiter struct {
 }
 
 // shard holds the buckets of some keys: for each key, the time at which
-// its bucket will be full again.
+// its bucket will be full again. Keys are held as their 64-bit hashes
+// (with the Limiter's seed), so that a bucket costs the same few dozen
+// bytes whatever its key: a claim pair's key names a target DID, which may
+// be up to 2 KiB long and need not exist. Two keys whose hashes collide
+// would share a bucket; among the at most DefaultMaxKeys keys held that
+// is vanishingly rare.
 type shard struct {
 	mu   sync.Mutex
-	full map[string]time.Time
+	full map[uint64]time.Time
 	max  int
 }
 
@@ -131,7 +136,7 @@ func New(name string, l Limit, opts ...Option) *Limiter {
 	lim.shards = make([]shard, n)
 	for i := range lim.shards {
 		// Spread maxKeys over the shards without exceeding it in total.
-		lim.shards[i] = shard{full: map[string]time.Time{}, max: lim.maxKeys / n}
+		lim.shards[i] = shard{full: map[uint64]time.Time{}, max: lim.maxKeys / n}
 		if i < lim.maxKeys%n {
 			lim.shards[i].max++
 		}
@@ -173,11 +178,11 @@ func (l *Limiter) Allow(key string, cost int) (ok bool, retryAfter time.Duration
 		l.denied.Add(1)
 		return false, Never
 	}
-	s := l.shard(key)
+	s, h := l.shard(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := l.clock.Now()
-	full, ok := s.full[key]
+	full, ok := s.full[h]
 	if !ok || full.Before(now) {
 		full = now
 	}
@@ -189,25 +194,24 @@ func (l *Limiter) Allow(key string, cost int) (ok bool, retryAfter time.Duration
 	if !ok && len(s.full) >= s.max {
 		s.evict(now)
 	}
-	s.full[key] = newFull
+	s.full[h] = newFull
 	return true, 0
 }
 
 // refund gives back cost tokens taken from key by Allow.
 func (l *Limiter) refund(key string, cost int) {
-	s := l.shard(key)
+	s, h := l.shard(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if full, ok := s.full[key]; ok {
-		s.full[key] = full.Add(-time.Duration(cost) * l.interval)
+	if full, ok := s.full[h]; ok {
+		s.full[h] = full.Add(-time.Duration(cost) * l.interval)
 	}
 }
 
-func (l *Limiter) shard(key string) *shard {
-	if len(l.shards) == 1 {
-		return &l.shards[0]
-	}
-	return &l.shards[maphash.String(l.seed, key)%uint64(len(l.shards))]
+// shard returns the shard of key and the hash that stands for key in it.
+func (l *Limiter) shard(key string) (*shard, uint64) {
+	h := maphash.String(l.seed, key)
+	return &l.shards[h%uint64(len(l.shards))], h
 }
 
 // evict makes room for at least one key, and amortizes the work by freeing

@@ -1,7 +1,9 @@
 package ratelimit
 
 import (
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -135,6 +137,30 @@ func TestMemoryBounded(t *testing.T) {
 	if ok, _ := l.Allow(victim, 5); ok {
 		t.Fatal("the drained bucket was evicted")
 	}
+}
+
+// A bucket's memory does not grow with its key: claim pairs name target
+// DIDs of up to 2 KiB that need not exist, and one claimer may name ten
+// new ones a second. 20,000 such keys would hold 40 MiB as strings.
+func TestMemoryIndependentOfKeyLength(t *testing.T) {
+	c := newClock()
+	l := New("claims_per_pair", PerMinute(10, 20), WithClock(c.Now))
+	pad := strings.Repeat("x", 2000)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range 20_000 {
+		wantAllow(t, l, "did:plc:mallory did:plc:"+pad+strconv.Itoa(i), 1)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if n := l.Len(); n != 20_000 {
+		t.Fatalf("Len = %d, want 20000", n)
+	}
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 8<<20 {
+		t.Errorf("20,000 keys of 2 KiB hold %d MiB", grew>>20)
+	}
+	runtime.KeepAlive(l)
 }
 
 func TestIdleKeysDroppedFirst(t *testing.T) {
