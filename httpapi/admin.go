@@ -128,7 +128,7 @@ func NewAdmin(cfg AdminConfig) http.Handler {
 				"the admin routes are off: start kpd serve with an admin token (--admin-token-file FILE, or KPD_ADMIN_TOKEN)"))
 		})
 	}
-	return s.requestID(s.logRequests(s.recoverPanics(s.rejectDotSegments(s.router))))
+	return s.requestID(s.logRequests(s.recoverPanics(s.checkSegments(s.router))))
 }
 
 // adminServer serves the admin routes.

@@ -217,7 +217,7 @@ func New(cfg Config) http.Handler {
 	s.registerDevices()
 	s.registerClaims()
 	s.registerWelcomes()
-	return s.requestID(s.logRequests(s.recoverPanics(s.rejectDotSegments(s.limitBody(s.router)))))
+	return s.requestID(s.logRequests(s.recoverPanics(s.checkSegments(s.limitBody(s.router)))))
 }
 
 // request is an authenticated API request with its validated path
@@ -354,18 +354,24 @@ func WithAdmin(api, admin http.Handler) http.Handler {
 	})
 }
 
-// rejectDotSegments answers 400 BadRequest for a request whose path has a
-// "." or ".." segment (also percent-encoded): it names no route of kpd
-// (kpd.ValidDevice refuses those device names), and routers would clean
-// it into another path. It runs inside the request id, logging and metrics
-// middleware, so such a request is logged and counted like any other.
-func (s *server) rejectDotSegments(next http.Handler) http.Handler {
+// checkSegments answers 400 BadRequest for a request whose path has a "."
+// or ".." segment (also percent-encoded), or an encoded slash ("%2F"): no
+// device name or Welcome ID holds one (kpd.ValidDevice), and each would
+// take the request to another route: routers clean dot segments, and the
+// router matches the decoded path, where "dev1%2Fkey-packages" is two
+// segments. It runs inside the request id, logging and metrics middleware,
+// so such a request is logged and counted like any other.
+func (s *server) checkSegments(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		for seg := range strings.SplitSeq(r.URL.Path, "/") {
 			if seg == "." || seg == ".." {
 				s.writeError(w, r, kpd.Errorf(kpd.CodeBadRequest, `a path segment may not be "." or "..": they are not device names`))
 				return
 			}
+		}
+		if strings.Contains(strings.ToUpper(r.URL.EscapedPath()), "%2F") {
+			s.writeError(w, r, kpd.Errorf(kpd.CodeBadRequest, `a path segment may not hold an encoded "/": no device name does`))
+			return
 		}
 		next.ServeHTTP(w, r)
 	})

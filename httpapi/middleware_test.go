@@ -284,10 +284,10 @@ func TestOperationNames(t *testing.T) {
 	}
 }
 
-// A path with a "." or ".." segment is 400, as in kpd serve (the API and
-// the admin routes behind WithAdmin), not a redirect to another route, and
-// it is logged with its request id like any other request. Such names are
-// no device names, in paths or in claims.
+// A path with a "." or ".." segment, or an encoded slash, is 400, as in
+// kpd serve (the API and the admin routes behind WithAdmin), not another
+// route or a redirect to one, and it is logged with its request id like
+// any other request. Such names are no device names, in paths or in claims.
 func TestDotSegments(t *testing.T) {
 	s := start(t)
 	srv := httptest.NewServer(httpapi.NewServer(httpapi.WithAdmin(s.handler, httpapi.NewAdmin(httpapi.AdminConfig{Logger: zerolog.Nop()}))).Handler)
@@ -316,6 +316,8 @@ func TestDotSegments(t *testing.T) {
 		{"POST", "/v1/devices/%2E%2E/key-packages"},
 		{"DELETE", "/v1/devices/."},
 		{"GET", "/v1/devices/../welcomes"},
+		{"DELETE", "/v1/devices/dev1%2Fkey-packages"}, // not dev1's KeyPackages
+		{"GET", "/v1/devices/dev1%2fwelcomes"},
 		{"GET", "/v1/admin/../devices"},
 	} {
 		resp, body := send(c.method, c.path, publish)
@@ -331,8 +333,8 @@ func TestDotSegments(t *testing.T) {
 			t.Errorf("%s %s: request id %q in the header, %q in the problem", c.method, c.path, id, p.RequestID)
 		}
 	}
-	if n := strings.Count(s.logs.String(), `"status":400`); n != 5 {
-		t.Errorf("%d request lines with status 400 for the 5 API paths, want 5:\n%s", n, s.logs)
+	if n := strings.Count(s.logs.String(), `"status":400`); n != 7 {
+		t.Errorf("%d request lines with status 400 for the 7 API paths, want 7:\n%s", n, s.logs)
 	}
 	// An empty segment names no route either: 404, not a redirect to the
 	// cleaned path (which could be another route).
