@@ -114,6 +114,13 @@ type InventoryResponse struct {
 	KeyPackages []kpd.KeyPackageInfo `json:"key_packages"`
 }
 
+// TakeResponse is a Welcome that Take returned and acknowledged, and when
+// its KeyPackage was consumed.
+type TakeResponse struct {
+	kpd.PendingWelcome
+	ConsumedAt time.Time `json:"consumed_at"`
+}
+
 // DeleteResponse is the outcome of DeleteKeyPackages.
 type DeleteResponse struct {
 	Deleted   int            `json:"deleted"`
@@ -136,8 +143,11 @@ type ListOptions struct {
 	ConvoID string
 	// Limit caps the number returned (0: the server's default).
 	Limit int
-	// Wait asks the server to wait up to this long (at most 60 s) for a
-	// Welcome when there is none.
+	// Wait asks the server to wait up to this long (at most 60 s; more is
+	// a BadRequest) for a Welcome when there is none. The request then
+	// lasts up to Wait: the context's deadline and the HTTP client's
+	// Timeout (90 s in the default client) must leave it that long, or
+	// the call fails with their error instead of an empty list.
 	Wait time.Duration
 }
 
@@ -149,7 +159,10 @@ func (c *Client) Publish(ctx context.Context, device string, keyPackages [][]byt
 		KeyPackages [][]byte `json:"key_packages"`
 	}{keyPackages}
 	var out PublishResponse
-	_, err := c.do(ctx, http.MethodPost, devicePath(device, "key-packages"), nil, body, &out)
+	path, err := devicePath(device, "key-packages")
+	if err == nil {
+		_, err = c.do(ctx, http.MethodPost, path, nil, body, &out)
+	}
 	return ok(&out, err)
 }
 
@@ -161,7 +174,10 @@ func (c *Client) Inventory(ctx context.Context, device string, list bool) (*Inve
 		q = url.Values{"list": {"1"}}
 	}
 	var out InventoryResponse
-	_, err := c.do(ctx, http.MethodGet, devicePath(device, "key-packages"), q, nil, &out)
+	path, err := devicePath(device, "key-packages")
+	if err == nil {
+		_, err = c.do(ctx, http.MethodGet, path, q, nil, &out)
+	}
 	return ok(&out, err)
 }
 
@@ -173,7 +189,10 @@ func (c *Client) DeleteKeyPackages(ctx context.Context, device string, refs []kp
 		body = refsBody{refs}
 	}
 	var out DeleteResponse
-	_, err := c.do(ctx, http.MethodDelete, devicePath(device, "key-packages"), nil, body, &out)
+	path, err := devicePath(device, "key-packages")
+	if err == nil {
+		_, err = c.do(ctx, http.MethodDelete, path, nil, body, &out)
+	}
 	return ok(&out, err)
 }
 
@@ -188,7 +207,10 @@ func (c *Client) Sync(ctx context.Context, device string, refs []kpd.Ref) (*kpd.
 		refs = []kpd.Ref{}
 	}
 	var out kpd.SyncResult
-	_, err := c.do(ctx, http.MethodPost, devicePath(device, "key-packages", "sync"), nil, refsBody{refs}, &out)
+	path, err := devicePath(device, "key-packages", "sync")
+	if err == nil {
+		_, err = c.do(ctx, http.MethodPost, path, nil, refsBody{refs}, &out)
+	}
 	return ok(&out, err)
 }
 
@@ -204,7 +226,10 @@ func (c *Client) Devices(ctx context.Context) ([]kpd.DeviceInfo, error) {
 // DeleteDevice removes one of the caller's devices with its KeyPackages
 // and pending Welcomes.
 func (c *Client) DeleteDevice(ctx context.Context, device string) error {
-	_, err := c.do(ctx, http.MethodDelete, devicePath(device), nil, nil, nil)
+	path, err := devicePath(device)
+	if err == nil {
+		_, err = c.do(ctx, http.MethodDelete, path, nil, nil, nil)
+	}
 	return err
 }
 
@@ -252,7 +277,10 @@ func (c *Client) Welcomes(ctx context.Context, device string, opts ListOptions) 
 	var out struct {
 		Welcomes []kpd.PendingWelcome `json:"welcomes"`
 	}
-	_, err := c.do(ctx, http.MethodGet, devicePath(device, "welcomes"), q, nil, &out)
+	path, err := devicePath(device, "welcomes")
+	if err == nil {
+		_, err = c.do(ctx, http.MethodGet, path, q, nil, &out)
+	}
 	return out.Welcomes, err
 }
 
@@ -260,7 +288,10 @@ func (c *Client) Welcomes(ctx context.Context, device string, opts ListOptions) 
 // KeyPackage. Acknowledging twice is harmless.
 func (c *Client) Ack(ctx context.Context, device, welcomeID string) (*kpd.AckResult, error) {
 	var out kpd.AckResult
-	_, err := c.do(ctx, http.MethodPost, devicePath(device, "welcomes", welcomeID, "ack"), nil, nil, &out)
+	path, err := devicePath(device, "welcomes", welcomeID, "ack")
+	if err == nil {
+		_, err = c.do(ctx, http.MethodPost, path, nil, nil, &out)
+	}
 	return ok(&out, err)
 }
 
@@ -273,19 +304,25 @@ func (c *Client) Reject(ctx context.Context, device, welcomeID string, reason kp
 		Detail string   `json:"detail,omitempty"`
 	}{reason, detail}
 	var out kpd.AckResult
-	_, err := c.do(ctx, http.MethodPost, devicePath(device, "welcomes", welcomeID, "reject"), nil, body, &out)
+	path, err := devicePath(device, "welcomes", welcomeID, "reject")
+	if err == nil {
+		_, err = c.do(ctx, http.MethodPost, path, nil, body, &out)
+	}
 	return ok(&out, err)
 }
 
 // Take returns a device's oldest pending Welcome (of convoID, if set) and
 // acknowledges it at once. The *Error has code NotFound when there is none.
-func (c *Client) Take(ctx context.Context, device, convoID string) (*kpd.PendingWelcome, error) {
+func (c *Client) Take(ctx context.Context, device, convoID string) (*TakeResponse, error) {
 	var q url.Values
 	if convoID != "" {
 		q = url.Values{"convo_id": {convoID}}
 	}
-	var out kpd.PendingWelcome
-	_, err := c.do(ctx, http.MethodPost, devicePath(device, "welcomes", "take"), q, nil, &out)
+	var out TakeResponse
+	path, err := devicePath(device, "welcomes", "take")
+	if err == nil {
+		_, err = c.do(ctx, http.MethodPost, path, q, nil, &out)
+	}
 	return ok(&out, err)
 }
 
@@ -302,8 +339,13 @@ func (c *Client) Ready(ctx context.Context) error {
 	return err
 }
 
-// devicePath returns /v1/devices/<device>/<segments...>, escaped.
-func devicePath(device string, segments ...string) string {
+// devicePath returns /v1/devices/<device>/<segments...>, escaped. A device
+// name that kpd.ValidDevice refuses is a *kpd.Error of code BadRequest,
+// without a request: the server would refuse it too.
+func devicePath(device string, segments ...string) (string, error) {
+	if !kpd.ValidDevice(device) {
+		return "", kpd.Errorf(kpd.CodeBadRequest, "device name %q: want 1-64 characters of A-Z a-z 0-9 . _ ~ -, not . or ..", device)
+	}
 	var b strings.Builder
 	b.WriteString("/v1/devices/")
 	b.WriteString(url.PathEscape(device))
@@ -311,7 +353,7 @@ func devicePath(device string, segments ...string) string {
 		b.WriteByte('/')
 		b.WriteString(url.PathEscape(s))
 	}
-	return b.String()
+	return b.String(), nil
 }
 
 // ok returns out, or nil with err when err is set.

@@ -50,11 +50,22 @@ func TestErrors(t *testing.T) {
 		t.Errorf("Authorization %q, Accept %q", gotAuth, gotAccept)
 	}
 
-	_, err = c.Inventory(ctx, "a/b", false)
+	_, err = c.Inventory(ctx, "dev.1", false)
 	if !errors.As(err, &e) || e.Status != http.StatusBadGateway || e.Code != "" || e.Error() != "kpd: 502: Bad Gateway" {
 		t.Fatalf("non-problem error = %#v", err)
 	}
-	if gotPath != "/v1/devices/a%2Fb/key-packages" {
-		t.Errorf("path = %q, want the device escaped", gotPath)
+	if gotPath != "/v1/devices/dev.1/key-packages" {
+		t.Errorf("path = %q", gotPath)
+	}
+
+	// A device name the server would refuse fails here, unsent: "a/b"
+	// would reach another route, "." or ".." be cleaned away.
+	for _, device := range []string{"a/b", "dev1/key-packages", ".", "..", ""} {
+		gotPath = ""
+		err := c.DeleteDevice(ctx, device)
+		var ke *kpd.Error
+		if !errors.As(err, &ke) || ke.Code != kpd.CodeBadRequest || gotPath != "" {
+			t.Errorf("DeleteDevice(%q) = %v, sent %q; want a BadRequest, unsent", device, err, gotPath)
+		}
 	}
 }

@@ -137,8 +137,10 @@ func TestRejectTakeAndList(t *testing.T) {
 	if took.WelcomeID != ids[1] || took.Ref != refs[1] {
 		t.Fatalf("take = %s, want the older Welcome of convo two %s", took.WelcomeID, ids[1])
 	}
-	if st := must(b.WelcomeStatus(ctx, ids[1]))(t); st.Recipients[0].Status != kpd.DeliveryAcked {
-		t.Fatalf("taken Welcome is %s, want acked", st.Recipients[0].Status)
+	if st := must(b.WelcomeStatus(ctx, ids[1]))(t); st.Recipients[0].Status != kpd.DeliveryAcked ||
+		took.ConsumedAt.IsZero() || !took.ConsumedAt.Equal(st.Recipients[0].UpdatedAt) {
+		t.Fatalf("taken Welcome is %s at %s, consumed at %s; want acked when consumed",
+			st.Recipients[0].Status, st.Recipients[0].UpdatedAt, took.ConsumedAt)
 	}
 	_, err = a.Take(ctx, "dev1", "one")
 	wantCode(t, err, kpd.CodeNotFound)
