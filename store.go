@@ -44,7 +44,9 @@ type Store interface {
 	Devices(ctx context.Context, did string) ([]DeviceInfo, error)
 
 	// DeleteDevice removes a device, its KeyPackages (claimed ones too) and
-	// its pending deliveries. NotFound for an unknown device.
+	// all its deliveries, pending and finished (its senders' Welcome
+	// statuses keep it, a pending one shown expired). NotFound for an
+	// unknown device.
 	DeleteDevice(ctx context.Context, did, device string) error
 
 	// Claim hands out one KeyPackage per target device, oldest published

@@ -67,7 +67,7 @@ type Error struct {
 	// Code is the stable error code; "" if the response was not a kpd
 	// problem document (e.g. from a proxy).
 	Code kpd.Code
-	// Reason names the authentication check that failed (401 and 503
+	// Reason names the authentication check that failed (401, 429 and 503
 	// answers of the authenticator), e.g. "Expired".
 	Reason string
 	// Limit names the size or count limit a PayloadTooLarge or

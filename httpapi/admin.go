@@ -91,7 +91,8 @@ type AdminConfig struct {
 //   - GET /v1/admin/stats (with AdminConfig.Stats) returns the store's
 //     totals as JSON: KeyPackages by suite and state, devices, Welcomes,
 //     deliveries by state, pool sizes, undelivered events, database size
-//     and the last scheduled backup.
+//     and the newest backup (AdminConfig.LastBackup: a scheduled snapshot,
+//     or one this route sent in full).
 //   - POST /v1/admin/tokens (with AdminConfig.Tokens) creates an API token
 //     for {"did", "label"} and answers 201 with the token, shown only
 //     then; GET /v1/admin/tokens[?did=] lists the tokens without their

@@ -26,8 +26,8 @@ type statsResponse struct {
 	PoolSizes     []poolSizeBucket            `json:"pool_sizes"`
 	PendingEvents int64                       `json:"pending_events"`
 	DBSizeBytes   int64                       `json:"db_size_bytes"`
-	// LastBackup is the time of the newest scheduled snapshot; null when
-	// there is none or backups are not scheduled.
+	// LastBackup is the time of the newest backup: a scheduled snapshot,
+	// or one GET /v1/admin/backup sent in full; null when there is none.
 	LastBackup *time.Time `json:"last_backup"`
 }
 

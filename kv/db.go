@@ -269,8 +269,9 @@ func noMigration(*bolt.Tx) error { return nil }
 // A read-only Open refuses a database of another schema version. A
 // read-write Open of a schema 3 database moves its KeyPackages to the
 // schema 4 layout in transactions of at most 20,000 KeyPackages (reporting
-// to Options.MigrationProgress). Its first transaction records schema 4
-// with a mark that the migration is unfinished, so that an older kpd
+// to Options.MigrationProgress). Its first transaction records the current
+// schema version (schemaVersion) with a mark that the migration is
+// unfinished, so that an older kpd
 // refuses the file (its schema is newer) and a read-only Open refuses it
 // too; if the migration is interrupted, every committed transaction's
 // KeyPackages stay moved and the next read-write Open carries on from

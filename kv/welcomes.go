@@ -51,9 +51,9 @@ const MaxWelcomeRefs = 1 << 16
 // NotClaimedByCaller. Each recipient device gets one pending delivery
 // holding all its routed refs; the Welcome's bytes are stored once. When no
 // ref routes, nothing is stored and the result has no Recipients. Posting a
-// stored Welcome again (same w.ID) returns the stored result, recipients
-// with their current status, and Created false; from another sender it is
-// a Conflict. A routed regular KeyPackage stays claimed until the device
+// stored Welcome again (same w.ID, sender and ConvoID) returns the stored
+// result, recipients with their current status, and Created false; from
+// another sender, or with another ConvoID, it is a Conflict. A routed regular KeyPackage stays claimed until the device
 // acknowledges or rejects the Welcome. A newly stored Welcome writes a
 // welcome.pending event per recipient device and, once committed, wakes
 // the devices' WaitWelcome waiters. BadRequest for invalid fields.
