@@ -208,7 +208,6 @@ var (
 	bucketConsumed   = []byte("consumed")        // (consumed_at, ref) → ""; consumed
 	bucketDevices    = []byte("devices")         // (DID, device) → deviceRecord
 	bucketWelcomes   = []byte("welcomes")        // welcome id → welcomeRecord
-	bucketWelcomeMsg = []byte("welcome_bytes")   // welcome id → the Welcome's bytes (schema 6)
 	bucketDeliveries = []byte("deliveries")      // (DID, device, welcome id) → deliveryRecord
 	bucketPending    = []byte("pending")         // (DID, device, seq) → welcome id; pending deliveries
 	bucketTokens     = []byte("tokens")          // SHA-256 → tokenRecord
@@ -220,7 +219,7 @@ var (
 	allBuckets = [][]byte{
 		bucketMeta, bucketKPs, bucketRefs, bucketLastResort,
 		bucketExpiry, bucketClaimed, bucketConsumed, bucketDevices, bucketWelcomes,
-		bucketWelcomeMsg, bucketDeliveries, bucketPending, bucketTokens, bucketSince, bucketFinished,
+		bucketDeliveries, bucketPending, bucketTokens, bucketSince, bucketFinished,
 		bucketOrphans, bucketOutbox,
 	}
 
@@ -240,12 +239,8 @@ var (
 // or consumed KeyPackage purged before its not_after as a spent ref
 // (kpRecord.Spent), which an older kpd would count and route as a live
 // one. Schema 5 has the layout of 4: the step from 4 writes nothing but the
-// version, so that an older kpd refuses the file. Version 6 keeps a new
-// Welcome's bytes in a bucket of their own (welcome_bytes), so that
-// changing its record (a delivery purged or gone with its device) does not
-// copy them; Welcomes stored before keep theirs in the record
-// (welcomeRecord.Data), which the step from 5 leaves as they are.
-const schemaVersion = 6
+// version, so that an older kpd refuses the file.
+const schemaVersion = 5
 
 // migration upgrades a database from one schema version to the next, inside
 // the transaction that opens it.
@@ -256,11 +251,7 @@ type migration func(tx *bolt.Tx) error
 // that one transaction, so it gets there completely or not at all. The
 // upgrade from schema 3 to 4 moves every KeyPackage and runs in bounded
 // transactions of its own after the opening one (migrateToV4).
-var migrations = map[uint64]migration{1: migrateToV2, 2: migrateToV3, 4: noMigration, 5: noMigration}
-
-// noMigration is a step that changes no record: the new schema only reads
-// more than the old one did (see schemaVersion).
-func noMigration(*bolt.Tx) error { return nil }
+var migrations = map[uint64]migration{1: migrateToV2, 2: migrateToV3, 4: func(*bolt.Tx) error { return nil }}
 
 // Open opens (creating if needed) the database at path. It creates the
 // buckets, records the schema version and runs pending migrations. If

@@ -161,12 +161,10 @@ type rejectedEntry struct {
 
 // welcomeRecord is a posted Welcome, stored once, keyed by its id.
 type welcomeRecord struct {
-	ConvoID string `cbor:"1,keyasint"`
-	Sender  string `cbor:"2,keyasint"`
-	Suite   uint16 `cbor:"3,keyasint"`
-	// Data is the Welcome's bytes in a record stored before schema 6; since
-	// then they are in bucketWelcomeMsg and Data is empty (welcomeBytes).
-	Data       []byte           `cbor:"4,keyasint,omitempty"`
+	ConvoID    string           `cbor:"1,keyasint"`
+	Sender     string           `cbor:"2,keyasint"`
+	Suite      uint16           `cbor:"3,keyasint"`
+	Data       []byte           `cbor:"4,keyasint"`
 	CreatedAt  stamp            `cbor:"5,keyasint"`
 	Recipients []recipientEntry `cbor:"6,keyasint"`
 	Rejected   []rejectedEntry  `cbor:"7,keyasint,omitempty"`

@@ -143,12 +143,10 @@ func (db *DB) Sweep(ctx context.Context, now time.Time) (SweepStats, error) {
 
 // sweepWelcomeBytes bounds the Welcome bytes one transaction of a Sweep
 // rewrites: purging a finished delivery rewrites its Welcome's record,
-// which holds the Welcome's bytes (up to 4 MiB each by default) if a kpd
-// before schema 6 stored it, so a batch of deliveries of different large
-// Welcomes would otherwise hold the writer, and every claim, for as long
-// as copying gigabytes takes. A transaction ends after the entry that
-// reaches the bound. Records stored since keep their bytes apart and cost
-// nothing here.
+// Welcome bytes included (up to 4 MiB each by default), so a batch of
+// deliveries of different large Welcomes would otherwise hold the writer,
+// and every claim, for as long as copying gigabytes takes. A transaction
+// ends after the entry that reaches the bound.
 var sweepWelcomeBytes = 8 << 20
 
 // sweeper is one transaction of a Sweep. It keeps the devices whose

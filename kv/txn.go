@@ -300,17 +300,12 @@ func welcomeEntries(id string, w *welcomeRecord) []indexEntry {
 	return []indexEntry{{bucketOrphans, index.TimeRef(last, []byte(id)), nil}}
 }
 
-// saveWelcome replaces the Welcome id, old, by next (nil: none, and its
-// bytes go too), moving its index entries and the store-wide counters. old
-// and next must not share their Recipients.
+// saveWelcome replaces the Welcome id, old, by next (nil: none), moving its
+// index entries and the store-wide counters. old and next must not share
+// their Recipients.
 func (t *txn) saveWelcome(id string, old, next *welcomeRecord) error {
 	t.delta.addWelcome(old, -1)
 	t.delta.addWelcome(next, 1)
-	if next == nil {
-		if err := t.bucket(bucketWelcomeMsg).Delete([]byte(id)); err != nil {
-			return err
-		}
-	}
 	return save(t, bucketWelcomes, []byte(id), welcomeEntries(id, old), welcomeEntries(id, next), next)
 }
 

@@ -176,7 +176,6 @@ func (v *verifier) run() error {
 		{bucketSince, v.deliveryIndex(bucketSince, "pending")},
 		{bucketFinished, v.deliveryIndex(bucketFinished, "finished")},
 		{bucketWelcomes, v.welcome},
-		{bucketWelcomeMsg, v.welcomeMsg},
 		{bucketOrphans, v.orphanEntry},
 		{bucketOutbox, v.event},
 		{bucketTokens, v.token},
@@ -516,24 +515,8 @@ func (v *verifier) welcome(k, val []byte) error {
 			v.report(4, bucketWelcomes, k, "recipient %s %q has no delivery", e.DID, e.Device)
 		}
 	}
-	// The bytes are in the record (stored before schema 6) or in
-	// bucketWelcomeMsg, in exactly one of them.
-	switch inBucket := len(v.t.bucket(bucketWelcomeMsg).Get(k)) > 0; {
-	case len(w.Data) == 0 && !inBucket:
-		v.report(4, bucketWelcomes, k, "the Welcome's bytes are missing")
-	case len(w.Data) > 0 && inBucket:
-		v.report(0, bucketWelcomes, k, "the Welcome's bytes are in its record and in %s", bucketWelcomeMsg)
-	}
 	v.counted.addWelcome(&w, 1)
 	v.implied(4, describeKey(bucketWelcomes, k), "Welcome without deliveries", welcomeEntries(string(k), &w))
-	return nil
-}
-
-// welcomeMsg checks that the bytes of a Welcome belong to a stored one.
-func (v *verifier) welcomeMsg(k, _ []byte) error {
-	if v.t.bucket(bucketWelcomes).Get(k) == nil {
-		v.report(0, bucketWelcomeMsg, k, "bytes of a Welcome that is not stored")
-	}
 	return nil
 }
 
@@ -649,11 +632,10 @@ var keyFormats = map[string]func(k []byte) (string, error){
 		did, device, seq, err := index.DecodePending(k)
 		return fmt.Sprintf("%s/%s/%d", did, device, seq), err
 	},
-	string(bucketWelcomes):   func(k []byte) (string, error) { return string(k), nil },
-	string(bucketWelcomeMsg): func(k []byte) (string, error) { return string(k), nil },
-	string(bucketMeta):       func(k []byte) (string, error) { return string(k), nil },
-	string(bucketSince):      timeDeliveryFormat,
-	string(bucketFinished):   timeDeliveryFormat,
+	string(bucketWelcomes): func(k []byte) (string, error) { return string(k), nil },
+	string(bucketMeta):     func(k []byte) (string, error) { return string(k), nil },
+	string(bucketSince):    timeDeliveryFormat,
+	string(bucketFinished): timeDeliveryFormat,
 	string(bucketOrphans): func(k []byte) (string, error) {
 		t, id, err := index.DecodeTimeRef(k)
 		return t.Format(time.RFC3339Nano) + "/" + string(id), err

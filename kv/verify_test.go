@@ -186,15 +186,6 @@ func TestVerifyFindsViolations(t *testing.T) {
 		{"last resort claimed", func(s *scenario, tx *bolt.Tx) error {
 			return s.editKP(tx, s.lastResort, func(r *kpRecord) { r.State = kpd.StateClaimed })
 		}, []expectation{{1, "last resort in state claimed"}, {2, "claimed without claimer"}}},
-		{"welcome bytes lost", func(s *scenario, tx *bolt.Tx) error {
-			return tx.Bucket(bucketWelcomeMsg).Delete([]byte(s.pendingWelcome))
-		}, []expectation{{4, "welcomes/{welcome}: the Welcome's bytes are missing"}}},
-		{"welcome bytes twice", func(s *scenario, tx *bolt.Tx) error {
-			return editRecord(tx, bucketWelcomes, []byte(s.pendingWelcome), func(w *welcomeRecord) { w.Data = []byte{1} })
-		}, []expectation{{0, "welcomes/{welcome}: the Welcome's bytes are in its record and in welcome_bytes"}}},
-		{"welcome bytes of no welcome", func(s *scenario, tx *bolt.Tx) error {
-			return tx.Bucket(bucketWelcomeMsg).Put([]byte("00ff"), []byte{1})
-		}, []expectation{{0, "welcome_bytes/00ff: bytes of a Welcome that is not stored"}}},
 		{"welcome lost", func(s *scenario, tx *bolt.Tx) error {
 			return tx.Bucket(bucketWelcomes).Delete([]byte(s.pendingWelcome))
 		}, []expectation{{4, "deliveries/" + bob + "/phone/{welcome}: welcome {welcome} does not exist"}}},

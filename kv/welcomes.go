@@ -177,14 +177,7 @@ func routeRefusal(kp *kpRecord, w kpd.Welcome, now time.Time) kpd.Code {
 // welcome.pending event and, after the commit, its WaitWelcome waiters are
 // woken.
 func (t *txn) storeWelcome(id string, w *welcomeRecord) error {
-	// The bytes go to a bucket of their own: the record changes when its
-	// deliveries end, the bytes never do.
-	if err := t.bucket(bucketWelcomeMsg).Put([]byte(id), w.Data); err != nil {
-		return err
-	}
-	rec := *w
-	rec.Data = nil
-	if err := t.saveWelcome(id, nil, &rec); err != nil {
+	if err := t.saveWelcome(id, nil, w); err != nil {
 		return err
 	}
 	for _, r := range w.Recipients {
@@ -328,9 +321,6 @@ func (t *txn) pending(did, device, convoID string, limit int) ([]pendingItem, er
 		ok, err = t.get(bucketWelcomes, []byte(id), &w)
 		if err == nil && !ok {
 			err = fmt.Errorf("delivery names welcome %s, which is missing", id)
-		}
-		if err == nil {
-			w.Data, err = t.welcomeBytes(id, &w)
 		}
 		if err != nil {
 			return nil, err
@@ -531,18 +521,4 @@ func (t *txn) endDelivery(did, device, welcomeID string, d *deliveryRecord, st d
 		t.note(func(o Observer) { o.WelcomeRejected(st.Reason) })
 	}
 	return nil
-}
-
-// welcomeBytes returns the bytes of the Welcome id, whose record is w: from
-// the record if it was stored before schema 6, else from bucketWelcomeMsg
-// (copied: they outlive the transaction).
-func (t *txn) welcomeBytes(id string, w *welcomeRecord) ([]byte, error) {
-	if len(w.Data) > 0 {
-		return w.Data, nil
-	}
-	b := t.bucket(bucketWelcomeMsg).Get([]byte(id))
-	if len(b) == 0 {
-		return nil, fmt.Errorf("the bytes of welcome %s are missing", id)
-	}
-	return bytes.Clone(b), nil
 }
