@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -369,56 +367,18 @@ func TestParseDuration(t *testing.T) {
 // TestSIGTERMShutsDownCleanly runs the real binary: SIGTERM drains, closes the
 // database (so another process can open it) and exits 0.
 func TestSIGTERMShutsDownCleanly(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "kpd")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	dbPath := filepath.Join(dir, "sig.db")
-	cmd := exec.Command(bin, "serve", "--db", dbPath, "--listen", "127.0.0.1:0", "--auth", "dev")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-
-	addrRE := regexp.MustCompile(`kpd listening on (http://127\.0\.0\.1:\d+)`)
-	lines := bufio.NewScanner(stderr)
-	var url string
-	for lines.Scan() {
-		if m := addrRE.FindStringSubmatch(lines.Text()); m != nil {
-			url = m[1]
-			break
-		}
-	}
-	if url == "" {
-		t.Fatal("no start-up line with the address")
-	}
-	go func() {
-		for lines.Scan() {
-		}
-	}()
+	dbPath := filepath.Join(t.TempDir(), "sig.db")
+	p := startServeProcess(t, "--db", dbPath, "--listen", "127.0.0.1:0", "--auth", "dev")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := client.New(url, aliceDID).Health(ctx); err != nil {
+	if err := client.New("http://"+p.addr(t), aliceDID).Health(ctx); err != nil {
 		t.Fatalf("health: %v", err)
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	waitErr := make(chan error, 1)
-	go func() { waitErr <- cmd.Wait() }()
-	select {
-	case err := <-waitErr:
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v", err)
-		}
-	case <-ctx.Done():
-		t.Fatal("kpd did not exit after SIGTERM")
+	if err := p.wait(t); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, p.logs)
 	}
 	db, err := kv.Open(dbPath, &kv.Options{OpenTimeout: 100 * time.Millisecond})
 	if err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"net"
@@ -11,8 +10,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/kpd-dir/kpd/internal/testkit"
 )
 
 // holdRequest starts a request to the server at addr whose body never
@@ -56,81 +53,26 @@ func TestShutdownTimeoutIsLogged(t *testing.T) {
 	}
 }
 
-// buildKPD builds the kpd binary into a temporary directory.
-func buildKPD(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "kpd")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // A second SIGTERM during the drain stops kpd at once, with a non-zero
 // exit status and a log line, instead of waiting for --shutdown-timeout.
 func TestSecondSignalStopsAtOnce(t *testing.T) {
-	bin := buildKPD(t)
-	cmd := exec.Command(bin, "serve", "--db", filepath.Join(t.TempDir(), "sig.db"), "--listen", "127.0.0.1:0",
+	p := startServeProcess(t, "--db", filepath.Join(t.TempDir(), "sig.db"), "--listen", "127.0.0.1:0",
 		"--auth", "dev", "--shutdown-timeout", "1m")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	logs := &testkit.SyncBuffer{}
-	lines := make(chan string, 100)
-	go func() {
-		defer close(lines)
-		for sc := bufio.NewScanner(stderr); sc.Scan(); {
-			fmt.Fprintln(logs, sc.Text())
-			lines <- sc.Text()
-		}
-	}()
-	waitLine := func(re *regexp.Regexp) []string {
-		t.Helper()
-		timeout := time.After(10 * time.Second)
-		for {
-			select {
-			case line, ok := <-lines:
-				if !ok {
-					t.Fatalf("kpd exited before logging %s:\n%s", re, logs)
-				}
-				if m := re.FindStringSubmatch(line); m != nil {
-					return m
-				}
-			case <-timeout:
-				t.Fatalf("no log line %s:\n%s", re, logs)
-			}
-		}
-	}
-	addr := waitLine(regexp.MustCompile(`kpd listening on http://(127\.0\.0\.1:\d+)`))[1]
-	holdRequest(t, addr)
+	holdRequest(t, p.addr(t))
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	waitLine(regexp.MustCompile(`"message":"shutting down`))
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	p.waitLine(t, regexp.MustCompile(`"message":"shutting down`))
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	waitLine(regexp.MustCompile(`\{"level":"error",.*"message":"shutdown cut short by a second signal`))
-	// The log ends when kpd exits; only then may Wait close the pipe.
-	timeout := time.After(10 * time.Second)
-	for open := true; open; {
-		select {
-		case _, open = <-lines:
-		case <-timeout:
-			t.Fatalf("kpd did not exit after a second SIGTERM:\n%s", logs)
-		}
-	}
+	p.waitLine(t, regexp.MustCompile(`\{"level":"error",.*"message":"shutdown cut short by a second signal`))
 	var ee *exec.ExitError
-	if err := cmd.Wait(); !errors.As(err, &ee) || ee.ExitCode() != 1 {
+	if err := p.wait(t); !errors.As(err, &ee) || ee.ExitCode() != 1 {
 		t.Errorf("exit after a second SIGTERM: %v, want exit status 1", err)
 	}
-	if regexp.MustCompile(`(?m)^kpd: `).MatchString(logs.String()) {
-		t.Errorf("an error outside the JSON log:\n%s", logs)
+	if regexp.MustCompile(`(?m)^kpd: `).MatchString(p.logs.String()) {
+		t.Errorf("an error outside the JSON log:\n%s", p.logs)
 	}
 }
