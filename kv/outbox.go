@@ -63,11 +63,12 @@ func (t *txn) emit(e eventRecord) error {
 }
 
 // watermarkEvents emits the low-watermark and exhaustion events of a device
-// whose record goes from old to next, by suite, and keeps next's Low flags.
+// whose record goes from old to next, by suite, and keeps next's Low flags:
+// set when a low event is written, cleared by any rise of the count (with
+// the outbox off too, so that a flag never outlives a publish). A flag set
+// under a higher watermark than today's does not hold back the event of a
+// fall from above today's.
 func (t *txn) watermarkEvents(did, device string, old, next *deviceRecord) error {
-	if !t.opts.Outbox {
-		return nil
-	}
 	lw := t.opts.LowWatermark
 	for _, suite := range slices.Sorted(maps.Keys(next.Suites)) {
 		prev, c := old.Suites[suite], next.Suites[suite]
@@ -77,11 +78,11 @@ func (t *txn) watermarkEvents(did, device string, old, next *deviceRecord) error
 		switch {
 		case is > was:
 			low = false // replenished: the next fall reports again
-		case is < was && is <= lw && !low:
+		case t.opts.Outbox && is < was && is <= lw && (!low || was > lw):
 			// A negative watermark (LowWatermarkOff) is never reached.
 			fire, low = append(fire, kpd.EventKeyPackagesLow), true
 		}
-		if was > 0 && is == 0 {
+		if t.opts.Outbox && was > 0 && is == 0 {
 			fire = append(fire, kpd.EventKeyPackagesExhausted)
 		}
 		if c.Low != low {

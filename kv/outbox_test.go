@@ -381,3 +381,57 @@ func TestOutboxIDsUniqueAfterRestore(t *testing.T) {
 		}
 	}
 }
+
+// A Low flag does not outlive what it stands for: a publish while the
+// outbox is off clears it, and one set under a higher watermark does not
+// hold back the event of a fall from above today's.
+func TestLowFlagAcrossRestarts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kpd.db")
+	reopen := func(e *env, opts func(*Options)) *env {
+		t.Helper()
+		if e != nil {
+			if err := e.DB.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return openTestFile(t, path, opts)
+	}
+	var seq uint64
+	e := reopen(nil, func(o *Options) { o.Outbox = true; o.LowWatermark = 3 })
+	e.publishN(t, bob, "phone", 1, 5)
+	e.claimOne(t, alice, bob, "phone", 1)
+	e.claimOne(t, alice, bob, "phone", 1) // 3: low, flag set
+	wantEvents(t, "fall to 3", e.newEvents(t, &seq), "key_packages.low phone 1 3")
+
+	e.claimOne(t, alice, bob, "phone", 1) // 2
+	wantEvents(t, "fall to 2", e.newEvents(t, &seq))
+
+	e = reopen(e, func(o *Options) { o.Outbox = false; o.LowWatermark = 3 })
+	e.publishN(t, bob, "phone", 1, 1) // 3, no events written
+
+	e = reopen(e, func(o *Options) { o.Outbox = true; o.LowWatermark = 3 })
+	e.claimOne(t, alice, bob, "phone", 1) // 2
+	wantEvents(t, "fall to 2 after a publish with the outbox off", e.newEvents(t, &seq), "key_packages.low phone 1 2")
+	e.publishN(t, bob, "phone", 1, 12) // 14
+	for range 11 {
+		e.claimOne(t, alice, bob, "phone", 1)
+	}
+	wantEvents(t, "fall to 3", e.newEvents(t, &seq), "key_packages.low phone 1 3")
+
+	e = reopen(e, func(o *Options) { o.Outbox = true; o.LowWatermark = 10 })
+	e.publishN(t, bob, "phone", 1, 8) // 11
+	e.claimOne(t, alice, bob, "phone", 1)
+	wantEvents(t, "fall to 10", e.newEvents(t, &seq), "key_packages.low phone 1 10")
+	e.claimOne(t, alice, bob, "phone", 1)
+	e.claimOne(t, alice, bob, "phone", 1) // 8
+	e = reopen(e, func(o *Options) { o.Outbox = true; o.LowWatermark = 3 })
+	for range 4 {
+		e.claimOne(t, alice, bob, "phone", 1) // 7 … 4: above today's watermark
+	}
+	wantEvents(t, "falls above the lowered watermark", e.newEvents(t, &seq))
+	e.claimOne(t, alice, bob, "phone", 1) // 3
+	wantEvents(t, "fall to the lowered watermark", e.newEvents(t, &seq), "key_packages.low phone 1 3")
+	if vs, err := e.Verify(e.ctx); err != nil || len(vs) != 0 {
+		t.Fatalf("verify: %v %v", vs, err)
+	}
+}
