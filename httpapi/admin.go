@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -170,6 +171,22 @@ func (a *adminServer) authorized(h func(w http.ResponseWriter, r *http.Request) 
 // refused because another one runs.
 const adminBackupRetryAfter = 30
 
+// abortable fails its writes once ctx is done: a client that went away, or
+// a server that closed its connections at the end of its shutdown, stops
+// the spooling of a snapshot, and with it the read transaction that would
+// keep the database from closing.
+type abortable struct {
+	io.Writer
+	ctx context.Context
+}
+
+func (a abortable) Write(p []byte) (int, error) {
+	if a.ctx.Err() != nil {
+		return 0, context.Cause(a.ctx)
+	}
+	return a.Writer.Write(p)
+}
+
 // backup serves GET /v1/admin/backup.
 func (a *adminServer) backup(w http.ResponseWriter, r *http.Request) error {
 	select {
@@ -189,7 +206,7 @@ func (a *adminServer) backup(w http.ResponseWriter, r *http.Request) error {
 	}
 	defer spool.Close()
 	h := sha256.New()
-	size, err := a.snapshots.WriteSnapshot(io.MultiWriter(spool, h))
+	size, err := a.snapshots.WriteSnapshot(abortable{io.MultiWriter(spool, h), r.Context()})
 	if err != nil {
 		return err
 	}

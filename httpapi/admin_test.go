@@ -295,3 +295,54 @@ func TestAdminRequestsObserved(t *testing.T) {
 		t.Fatalf("observed %q, want %q", obs.seen, want)
 	}
 }
+
+// adminSlowSnapshotter writes a snapshot of 2,000 chunks, 2 ms apart,
+// unless a write fails; done receives what WriteSnapshot returned.
+type adminSlowSnapshotter struct{ done chan error }
+
+func (s adminSlowSnapshotter) WriteSnapshot(w io.Writer) (int64, error) {
+	var n int64
+	for range 2000 {
+		k, err := w.Write(make([]byte, 1024))
+		n += int64(k)
+		if err != nil {
+			s.done <- err
+			return n, err
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	s.done <- nil
+	return n, nil
+}
+
+// A backup whose client goes away (or whose server closes its connections
+// at the end of a shutdown) stops spooling at once, ending the read
+// transaction that would keep the database from closing.
+func TestAdminBackupStopsWhenTheClientGoes(t *testing.T) {
+	snap := adminSlowSnapshotter{done: make(chan error, 1)}
+	srv := httptest.NewServer(httpapi.NewAdmin(httpapi.AdminConfig{Token: adminTestToken, Snapshots: snap,
+		SpoolDir: t.TempDir(), Logger: zerolog.Nop()}))
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+httpapi.AdminBackupPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+adminTestToken)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		cancel()
+	}()
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("the backup answered %s before its client went away", resp.Status)
+	}
+	select {
+	case err := <-snap.done:
+		if err == nil {
+			t.Fatal("the snapshot was spooled in full after its client went away")
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the snapshot was still spooling 2 s after its client went away")
+	}
+}

@@ -24,15 +24,34 @@ func main() {
 		err = cerr
 	}
 	code := exitCode(err)
-	if code != 0 && !errors.As(err, new(loggedError)) {
-		fmt.Fprintln(os.Stderr, "kpd:", err)
+	if unlogged := notLogged(err); code != 0 && unlogged != nil {
+		fmt.Fprintln(os.Stderr, "kpd:", unlogged)
 	}
 	os.Exit(code)
 }
 
+// notLogged returns err without the errors kpd serve has logged already
+// (loggedError), looking into errors.Join: nil if none is left.
+func notLogged(err error) error {
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		var rest []error
+		for _, e := range joined.Unwrap() {
+			if e = notLogged(e); e != nil {
+				rest = append(rest, e)
+			}
+		}
+		return errors.Join(rest...)
+	}
+	if errors.As(err, new(loggedError)) {
+		return nil
+	}
+	return err
+}
+
 // signalContexts returns a context that is done at the first SIGINT or
 // SIGTERM, which starts the shutdown, and one that is done at the second,
-// which cuts the shutdown's wait for requests in flight short.
+// which cuts the shutdown's wait for requests in flight short. A third
+// signal ends the process at once, as if kpd did not handle signals.
 func signalContexts() (first, second context.Context) {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
@@ -42,6 +61,7 @@ func signalContexts() (first, second context.Context) {
 		<-sigs
 		cancelFirst()
 		<-sigs
+		signal.Reset(os.Interrupt, syscall.SIGTERM)
 		cancelSecond()
 	}()
 	return first, second

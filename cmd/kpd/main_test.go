@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -385,4 +386,31 @@ func TestSIGTERMShutsDownCleanly(t *testing.T) {
 		t.Fatalf("database still locked after shutdown: %v", err)
 	}
 	db.Close()
+}
+
+// main prints what kpd serve has not logged: an error joined to a logged
+// one (a database that failed to close after a drain cut short) is not
+// lost with it.
+func TestNotLogged(t *testing.T) {
+	logged := loggedError{errors.New("shutdown cut short by a second signal")}
+	closeErr := errors.New("close database: boom")
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{nil, ""},
+		{logged, ""},
+		{fmt.Errorf("serve: %w", logged), ""},
+		{closeErr, "close database: boom"},
+		{errors.Join(logged, closeErr), "close database: boom"},
+		{errors.Join(logged, errors.Join(nil, logged)), ""},
+	} {
+		got := ""
+		if err := notLogged(c.err); err != nil {
+			got = err.Error()
+		}
+		if got != c.want {
+			t.Errorf("notLogged(%v) = %q, want %q", c.err, got, c.want)
+		}
+	}
 }
