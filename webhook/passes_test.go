@@ -20,7 +20,13 @@ func TestFullPassesSpacedByReadTime(t *testing.T) {
 	if p.retryDue() {
 		t.Error("read in 1s, 2s ago: a retry pass is allowed, want none before 10s")
 	}
+	// Passes over the events added since keep the poll interval.
+	if w := p.nextWait(); w != p.poll {
+		t.Errorf("read in 1s, 2s ago: next wait %v, want the poll interval", w)
+	}
+	// A retry due before the next poll waits for the gap.
+	p.poll = 9 * time.Second
 	if w := p.nextWait(); w < 7*time.Second || w > 8*time.Second {
-		t.Errorf("read in 1s, 2s ago: next wait %v, want about 8s", w)
+		t.Errorf("read in 1s, 2s ago, polling every 9s: next wait %v, want about 8s", w)
 	}
 }

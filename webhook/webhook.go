@@ -276,13 +276,14 @@ func (p *passes) retryDue() bool {
 
 // nextWait is how long Run waits for a Notify before the next pass: the
 // poll interval, or less when a retry falls due sooner (but not before a
-// pass over the whole outbox is allowed again).
+// pass over the whole outbox is allowed again, see fullGap).
 func (p *passes) nextWait() time.Duration {
 	wait := p.poll
+	gate := time.Until(p.lastFull.Add(p.fullGap()))
 	for _, rt := range p.retries {
-		wait = min(wait, time.Until(rt.next))
+		wait = min(wait, max(time.Until(rt.next), gate))
 	}
-	return max(wait, time.Until(p.lastFull.Add(p.fullGap())), 0)
+	return max(wait, 0)
 }
 
 // pass attempts the events of devices that are not blocked: from the
