@@ -7,8 +7,8 @@
 // never available again, last resorts stay available and count every claim
 // that served them, posted Welcomes stay and acked ones stay acked. Every
 // round between two kills must see some 2xx answers of each kind of
-// operation. Half the kills land at a random moment, the other half right
-// after a 2xx answer to a randomly chosen kind of operation.
+// operation. Each kill lands, chosen at random, either at a random moment
+// or right after a 2xx answer to a randomly chosen kind of operation.
 //
 // SIGKILL keeps the kernel's page cache, so the test covers process crashes,
 // not power loss (losing writes that were not fsynced).
