@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/internal/ctxio"
 )
 
 // Defaults of Scheduler.
@@ -190,18 +191,5 @@ type contextSource struct {
 }
 
 func (c contextSource) WriteSnapshot(w io.Writer) (int64, error) {
-	return c.src.WriteSnapshot(contextWriter{ctx: c.ctx, w: w})
-}
-
-// contextWriter fails every write once ctx is done.
-type contextWriter struct {
-	ctx context.Context
-	w   io.Writer
-}
-
-func (c contextWriter) Write(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.w.Write(p)
+	return c.src.WriteSnapshot(ctxio.Writer(c.ctx, w))
 }

@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -16,10 +15,16 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/kpd-dir/kpd"
+	"github.com/kpd-dir/kpd/internal/ctxio"
 )
 
 // AdminPrefix starts the path of every admin route.
 const AdminPrefix = "/v1/admin/"
+
+// ReasonAdminRoutesOff is the problem's reason of the 404 NotFound that
+// every admin path answers on a server without an admin token, so that a
+// client can tell it from a 404 of the routes themselves (no such token).
+const ReasonAdminRoutesOff = "AdminRoutesOff"
 
 // The response of GET /v1/admin/backup: the snapshot with its exact
 // Content-Length, and its SHA-256 (lowercase hex) in
@@ -126,8 +131,8 @@ func NewAdmin(cfg AdminConfig) http.Handler {
 		a.registerTokens(cfg)
 	} else {
 		s.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			s.writeError(w, r, kpd.Errorf(kpd.CodeNotFound,
-				"the admin routes are off: start kpd serve with an admin token (--admin-token-file FILE, or KPD_ADMIN_TOKEN)"))
+			s.writeError(w, r, &kpd.Error{Code: kpd.CodeNotFound, Reason: ReasonAdminRoutesOff,
+				Message: "the admin routes are off: start kpd serve with an admin token (--admin-token-file FILE, or KPD_ADMIN_TOKEN)"})
 		})
 	}
 	return s.requestID(s.logRequests(s.recoverPanics(s.checkSegments(s.router))))
@@ -171,22 +176,6 @@ func (a *adminServer) authorized(h func(w http.ResponseWriter, r *http.Request) 
 // refused because another one runs.
 const adminBackupRetryAfter = 30
 
-// abortable fails its writes once ctx is done: a client that went away, or
-// a server that closed its connections at the end of its shutdown, stops
-// the spooling of a snapshot, and with it the read transaction that would
-// keep the database from closing.
-type abortable struct {
-	io.Writer
-	ctx context.Context
-}
-
-func (a abortable) Write(p []byte) (int, error) {
-	if a.ctx.Err() != nil {
-		return 0, context.Cause(a.ctx)
-	}
-	return a.Writer.Write(p)
-}
-
 // backup serves GET /v1/admin/backup.
 func (a *adminServer) backup(w http.ResponseWriter, r *http.Request) error {
 	select {
@@ -206,7 +195,9 @@ func (a *adminServer) backup(w http.ResponseWriter, r *http.Request) error {
 	}
 	defer spool.Close()
 	h := sha256.New()
-	size, err := a.snapshots.WriteSnapshot(abortable{io.MultiWriter(spool, h), r.Context()})
+	// Spooling stops when the client goes, or when the server closes the
+	// connection at the end of a shutdown.
+	size, err := a.snapshots.WriteSnapshot(ctxio.Writer(r.Context(), io.MultiWriter(spool, h)))
 	if err != nil {
 		return err
 	}
