@@ -77,8 +77,9 @@ type Error struct {
 	Items   []ItemError
 	Missing []Missing
 	// Reason refines an authentication failure with the check that failed
-	// (e.g. "Expired", "WrongAudience"); clients see it as the problem's
-	// "reason" member.
+	// (e.g. "Expired", "WrongAudience"), or a 404 of admin routes that are
+	// off ("AdminRoutesOff"); clients see it as the problem's "reason"
+	// member.
 	Reason string
 	// RetryAfter, in seconds, for RateLimited and Unavailable errors.
 	RetryAfter int

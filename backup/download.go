@@ -97,16 +97,23 @@ func newHTTPClient() *http.Client {
 	}
 }
 
-// responseError turns a failed response into an error: a *kpd.Error with
-// the code of its RFC 9457 problem document, if it has one.
+// responseError turns a failed response into an error (see ProblemError).
 func responseError(endpoint string, resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxProblemBytes))
+	return ProblemError(http.MethodGet, endpoint, resp.Status, body)
+}
+
+// ProblemError is the error of an admin request answered with status and
+// body: a *kpd.Error with the code and reason of its RFC 9457 problem
+// document, if it has one.
+func ProblemError(method, endpoint, status string, body []byte) error {
 	var p struct {
 		Code   kpd.Code `json:"code"`
 		Detail string   `json:"detail"`
+		Reason string   `json:"reason"`
 	}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxProblemBytes))
 	if json.Unmarshal(body, &p) == nil && p.Code != "" {
-		return &kpd.Error{Code: p.Code, Message: fmt.Sprintf("GET %s: %s: %s", endpoint, resp.Status, p.Detail)}
+		return &kpd.Error{Code: p.Code, Reason: p.Reason, Message: fmt.Sprintf("%s %s: %s: %s", method, endpoint, status, p.Detail)}
 	}
-	return fmt.Errorf("GET %s: %s", endpoint, resp.Status)
+	return fmt.Errorf("%s %s: %s", method, endpoint, status)
 }

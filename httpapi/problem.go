@@ -56,7 +56,7 @@ type problem struct {
 	Detail string   `json:"detail,omitempty"`
 	Code   kpd.Code `json:"code"`
 	// Reason names the authentication check that failed, on 401, 429 and 503
-	// answers of the authenticator.
+	// answers of the authenticator, or ReasonAdminRoutesOff.
 	Reason string `json:"reason,omitempty"`
 	// RequestID lets a client quote the request to an operator.
 	RequestID string            `json:"request_id,omitempty"`

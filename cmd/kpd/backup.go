@@ -16,6 +16,7 @@ import (
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/backup"
+	"github.com/kpd-dir/kpd/httpapi"
 	"github.com/kpd-dir/kpd/kv"
 )
 
@@ -37,11 +38,12 @@ func (f *adminTokenFlags) register(fs *flag.FlagSet, usage string) {
 // routes off (it was started without an admin token).
 var errAdminOff = errors.New("the server has its admin routes off")
 
-// adminRoutesOff explains err, of an admin request to the server at base:
-// a NotFound there means that the server has no admin routes. Other
-// errors are returned as they are.
+// adminRoutesOff explains err, of an admin request to the server at base,
+// if the server answered that its admin routes are off
+// (httpapi.ReasonAdminRoutesOff). Other errors are returned as they are.
 func adminRoutesOff(base string, err error) error {
-	if kpd.ErrorCode(err) != kpd.CodeNotFound {
+	var ke *kpd.Error
+	if !errors.As(err, &ke) || ke.Reason != httpapi.ReasonAdminRoutesOff {
 		return err
 	}
 	return fmt.Errorf("%w: %s answers 404 on /v1/admin/; restart that kpd serve with --admin-token-file FILE "+

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kpd-dir/kpd"
 	"github.com/kpd-dir/kpd/auth"
+	"github.com/kpd-dir/kpd/backup"
 	"github.com/kpd-dir/kpd/httpapi"
 	"github.com/kpd-dir/kpd/kv"
 )
@@ -268,15 +269,7 @@ func (a *adminTokens) list(ctx context.Context, did string) ([]kpd.Token, error)
 
 func (a *adminTokens) revoke(ctx context.Context, id string) error {
 	err := a.do(ctx, http.MethodDelete, httpapi.AdminTokensPath+"/"+url.PathEscape(id), nil, http.StatusNoContent, nil)
-	if kpd.ErrorCode(err) != kpd.CodeNotFound {
-		return err
-	}
-	// A server without admin routes answers 404 too; on one with them,
-	// the list route answers.
-	if _, lerr := a.list(ctx, ""); errors.Is(lerr, errAdminOff) {
-		return lerr
-	}
-	return err
+	return adminRoutesOff(a.base, err)
 }
 
 // do sends one admin request with body (JSON, nil for none) and decodes
@@ -307,14 +300,7 @@ func (a *adminTokens) do(ctx context.Context, method, path string, body []byte, 
 		return fmt.Errorf("%s %s: %w", method, endpoint, err)
 	}
 	if resp.StatusCode != want {
-		var p struct {
-			Code   kpd.Code `json:"code"`
-			Detail string   `json:"detail"`
-		}
-		if json.Unmarshal(data, &p) == nil && p.Code != "" {
-			return &kpd.Error{Code: p.Code, Message: fmt.Sprintf("%s %s: %s: %s", method, endpoint, resp.Status, p.Detail)}
-		}
-		return fmt.Errorf("%s %s: %s", method, endpoint, resp.Status)
+		return backup.ProblemError(method, endpoint, resp.Status, data)
 	}
 	if out == nil {
 		return nil
